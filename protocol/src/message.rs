@@ -1,0 +1,375 @@
+//! Request and response messages, carried as rkyv archives in ring frames.
+//!
+//! The frame header carries each message's correlation id (see [`crate::ring`]); a
+//! response carries the id of its request, and per session responses come in request
+//! order. Messages are read in place: the client accesses [`ArchivedResponse`] directly in
+//! the response ring. The server copies each request frame into private memory once and
+//! validates the copy with bytecheck ([`access_request`]) before using it, because the
+//! client can write its ring at any time.
+//!
+//! Later protocol versions add requests (Query, Search, VectorSearch, Watch, …) as new
+//! variants; a changed archive layout is a new [`crate::PROTOCOL_VERSION`].
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Value encoding, stored with every record.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq), attr(allow(missing_docs)))]
+#[repr(u8)]
+pub enum ValueKind {
+    /// UTF-8 JSON text, validated on put.
+    Json = 1,
+    /// Opaque bytes.
+    Bytes = 2,
+}
+
+impl ValueKind {
+    /// The owned kind of an archived one.
+    pub fn from_archived(a: &ArchivedValueKind) -> ValueKind {
+        match a {
+            ArchivedValueKind::Json => ValueKind::Json,
+            ArchivedValueKind::Bytes => ValueKind::Bytes,
+        }
+    }
+}
+
+/// The version of a record: the CRDT coordinates of the write that made it.
+/// Ordered by `(hlc, replica)`; `seq` is that replica's write counter.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct Version {
+    /// Hybrid logical clock: unix milliseconds << 16 | logical counter.
+    pub hlc: u64,
+    /// Id of the replica (server) that made the write.
+    pub replica: [u8; 16],
+    /// That replica's write sequence number.
+    pub seq: u64,
+}
+
+/// One operation of an atomic batch.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum BatchOp {
+    /// Insert or replace.
+    Put {
+        /// key
+        key: String,
+        /// value bytes
+        value: Vec<u8>,
+        /// value encoding
+        kind: ValueKind,
+    },
+    /// Remove (tombstone).
+    Delete {
+        /// key
+        key: String,
+    },
+}
+
+/// A client request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum Request {
+    /// Liveness check; answered with [`Response::Pong`].
+    Ping,
+    /// Returns the bytes unchanged ([`Response::Echo`]).
+    Echo(Vec<u8>),
+    /// Reads one record ([`Response::Value`]).
+    Get {
+        /// key
+        key: String,
+    },
+    /// Writes one record ([`Response::Written`]).
+    Put {
+        /// key
+        key: String,
+        /// value bytes
+        value: Vec<u8>,
+        /// value encoding
+        kind: ValueKind,
+    },
+    /// Deletes one record ([`Response::Deleted`]).
+    Delete {
+        /// key
+        key: String,
+    },
+    /// Applies all operations atomically ([`Response::Batch`]).
+    Batch {
+        /// operations, applied in order
+        ops: Vec<BatchOp>,
+    },
+    /// Lists live records by key order ([`Response::List`]).
+    List {
+        /// only keys starting with this
+        prefix: String,
+        /// only keys strictly greater than this
+        start_after: Option<String>,
+        /// at most this many records
+        limit: u32,
+    },
+    /// Counts live records ([`Response::Count`]).
+    Count {
+        /// only keys starting with this
+        prefix: Option<String>,
+    },
+    /// Server status ([`Response::Status`]).
+    Status,
+}
+
+/// A stored record as returned by reads.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct Record {
+    /// key
+    pub key: String,
+    /// value bytes
+    pub value: Vec<u8>,
+    /// value encoding
+    pub kind: ValueKind,
+    /// CRDT version of the write that made this value
+    pub version: Version,
+    /// wall-clock time of that write, unix milliseconds
+    pub updated_at_ms: u64,
+}
+
+/// The outcome of one write.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct WriteResult {
+    /// Version written; `None` when a delete found nothing to delete.
+    pub version: Option<Version>,
+    /// Whether a live record existed before.
+    pub existed: bool,
+}
+
+/// Server status.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct StatusInfo {
+    /// Live records.
+    pub records: u64,
+    /// Open sessions.
+    pub sessions: u32,
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Data directory.
+    pub data_dir: String,
+    /// Database size on disk (database + WAL), bytes.
+    pub db_size_bytes: u64,
+    /// Server version (crate version).
+    pub version: String,
+    /// Protocol version.
+    pub protocol: u32,
+    /// Replica id of this server's data dir.
+    pub replica_id: [u8; 16],
+    /// Server process id.
+    pub pid: u32,
+}
+
+/// Stable error codes carried by [`Response::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame or message could not be decoded or validated.
+    BadRequest = 1,
+    /// A key, value or frame over its size limit.
+    TooLarge = 2,
+    /// A key that is empty, too long or otherwise unusable.
+    InvalidKey = 3,
+    /// A JSON value that does not parse.
+    InvalidJson = 4,
+    /// The storage engine failed.
+    Storage = 5,
+    /// The request is not supported by this server.
+    Unsupported = 6,
+    /// The server is shutting down.
+    ShuttingDown = 7,
+    /// An internal error.
+    Internal = 8,
+}
+
+impl ErrorCode {
+    /// The code for a raw value, if known.
+    pub fn from_u32(v: u32) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => BadRequest,
+            2 => TooLarge,
+            3 => InvalidKey,
+            4 => InvalidJson,
+            5 => Storage,
+            6 => Unsupported,
+            7 => ShuttingDown,
+            8 => Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// A server response.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum Response {
+    /// Answer to Ping.
+    Pong,
+    /// Answer to Echo.
+    Echo(Vec<u8>),
+    /// Answer to Get: the live record, or `None`.
+    Value(Option<Record>),
+    /// Answer to Put.
+    Written(WriteResult),
+    /// Answer to Delete.
+    Deleted(WriteResult),
+    /// Answer to Batch: one result per operation.
+    Batch(Vec<WriteResult>),
+    /// Answer to List.
+    List {
+        /// records in key order
+        records: Vec<Record>,
+        /// whether more records follow the last one
+        more: bool,
+    },
+    /// Answer to Count.
+    Count(u64),
+    /// Answer to Status.
+    Status(StatusInfo),
+    /// The request failed; nothing was changed.
+    Error {
+        /// an [`ErrorCode`] value
+        code: u32,
+        /// human-readable detail
+        message: String,
+    },
+}
+
+/// Serializes a request into `buf` (cleared first).
+pub fn encode_request(req: &Request, buf: &mut AlignedVec<16>) -> Result<(), rancor::Error> {
+    buf.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(req, &mut *buf)?;
+    Ok(())
+}
+
+/// Serializes a response into `buf` (cleared first).
+pub fn encode_response(resp: &Response, buf: &mut AlignedVec<16>) -> Result<(), rancor::Error> {
+    buf.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(resp, &mut *buf)?;
+    Ok(())
+}
+
+/// Validates and accesses an archived request (bytecheck). `bytes` must be 16-byte
+/// aligned (an `AlignedVec<16>`, or a ring payload).
+pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest, rancor::Error> {
+    rkyv::access::<ArchivedRequest, rancor::Error>(bytes)
+}
+
+/// Validates and accesses an archived response (bytecheck).
+pub fn access_response(bytes: &[u8]) -> Result<&ArchivedResponse, rancor::Error> {
+    rkyv::access::<ArchivedResponse, rancor::Error>(bytes)
+}
+
+/// Deserializes an archived response into an owned one.
+pub fn to_owned_response(a: &ArchivedResponse) -> Response {
+    rkyv::deserialize::<Response, rancor::Error>(a).expect("deserializing a validated archive")
+}
+
+/// Deserializes an archived request into an owned one.
+pub fn to_owned_request(a: &ArchivedRequest) -> Request {
+    rkyv::deserialize::<Request, rancor::Error>(a).expect("deserializing a validated archive")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_kind() -> impl Strategy<Value = ValueKind> {
+        prop_oneof![Just(ValueKind::Json), Just(ValueKind::Bytes)]
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            Just(Request::Ping),
+            Just(Request::Status),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Request::Echo),
+            ".{0,40}".prop_map(|key| Request::Get { key }),
+            (".{0,40}", proptest::collection::vec(any::<u8>(), 0..300), arb_kind())
+                .prop_map(|(key, value, kind)| Request::Put { key, value, kind }),
+            (".{0,10}", proptest::option::of(".{0,10}"), any::<u32>()).prop_map(
+                |(prefix, start_after, limit)| Request::List {
+                    prefix,
+                    start_after,
+                    limit
+                }
+            ),
+            proptest::collection::vec(
+                prop_oneof![
+                    ".{0,10}".prop_map(|key| BatchOp::Delete { key }),
+                    (".{0,10}", proptest::collection::vec(any::<u8>(), 0..30), arb_kind())
+                        .prop_map(|(key, value, kind)| BatchOp::Put { key, value, kind }),
+                ],
+                0..10
+            )
+            .prop_map(|ops| Request::Batch { ops }),
+        ]
+    }
+
+    proptest! {
+        /// Every request survives encode → validate → deserialize unchanged.
+        #[test]
+        fn request_roundtrip(req in arb_request()) {
+            let mut buf = AlignedVec::<16>::new();
+            encode_request(&req, &mut buf).unwrap();
+            let a = access_request(&buf).unwrap();
+            prop_assert_eq!(to_owned_request(a), req);
+        }
+
+        /// Arbitrary bytes never make validation panic or accept garbage silently
+        /// (whatever it accepts must deserialize).
+        #[test]
+        fn garbage_is_rejected_or_valid(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut buf = AlignedVec::<16>::new();
+            buf.extend_from_slice(&bytes);
+            if let Ok(a) = access_request(&buf) {
+                let _ = to_owned_request(a);
+            }
+        }
+
+        /// Corrupting one byte of a valid archive is detected or yields a valid request.
+        #[test]
+        fn bit_flips(req in arb_request(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut buf = AlignedVec::<16>::new();
+            encode_request(&req, &mut buf).unwrap();
+            if !buf.is_empty() {
+                let i = pos.index(buf.len());
+                buf[i] ^= 1 << bit;
+                if let Ok(a) = access_request(&buf) {
+                    let _ = to_owned_request(a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn response_roundtrip() {
+        let r = Response::List {
+            records: vec![Record {
+                key: "k".into(),
+                value: b"{}".to_vec(),
+                kind: ValueKind::Json,
+                version: Version {
+                    hlc: 1,
+                    replica: [7; 16],
+                    seq: 3,
+                },
+                updated_at_ms: 5,
+            }],
+            more: true,
+        };
+        let mut buf = AlignedVec::<16>::new();
+        encode_response(&r, &mut buf).unwrap();
+        assert_eq!(to_owned_response(access_response(&buf).unwrap()), r);
+    }
+}

@@ -1,0 +1,710 @@
+//! Single-producer single-consumer byte ring in shared memory, its frames, and the
+//! wait/wake protocol. This is the only module that touches the ring's atomics.
+//!
+//! # Frames
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     len    payload bytes (u32 LE), excluding header and padding
+//! 4       2     kind   FRAME_* (u16 LE); FRAME_PAD fills the ring up to its end
+//! 6       2     flags  (u16 LE), kind-specific
+//! 8       8     corr   correlation id (u64 LE): a response carries its request's id
+//! 16      len   payload
+//! ...           zero padding up to the next multiple of 16
+//! ```
+//!
+//! Frames start at multiples of 16 bytes and are never split by the end of the ring:
+//! when the contiguous space left before the end is too small, the producer writes a
+//! padding frame that covers it and starts the frame at offset 0. So every payload is
+//! one contiguous, 16-byte aligned slice that rkyv can access in place.
+//!
+//! # Indices
+//!
+//! `tail` (bytes ever published) is written only by the producer, `head` (bytes ever
+//! consumed) only by the consumer; both are `u64` that never wrap in practice (2^64
+//! bytes), and the position in the data area is `index & (cap - 1)`. Invariant:
+//! `head <= tail <= head + cap`. Each side keeps its own index in private memory and a
+//! cached copy of the other's, so a side never trusts what the peer wrote about *its
+//! own* index, and re-reads the peer's index only when the cached one is not enough.
+//! A peer index that breaks the invariant (or moves backwards) is reported as
+//! [`RingError::Corrupt`]: the server treats the client's memory as hostile input.
+//!
+//! # Wait/wake without lost wake-ups
+//!
+//! A consumer that finds the ring empty spins for a bounded time (see [`Backoff`]),
+//! then sleeps on the `consumer_sleeping` futex word:
+//!
+//! ```text
+//! consumer                              producer
+//! C1 consumer_sleeping = 1              P1 write frame; tail = t (Release)
+//! C2 fence(SeqCst)                      P2 fence(SeqCst)
+//! C3 if tail != head: clear, return     P3 if consumer_sleeping == 1:
+//! C4 futex_wait(consumer_sleeping, 1)        consumer_sleeping = 0; futex_wake
+//! ```
+//!
+//! The two SeqCst fences order C1 before C3 and P1 before P3 in a single total order,
+//! so at least one side sees the other's store: either the consumer sees the new tail
+//! at C3 and does not sleep, or the producer sees the flag at P3 and wakes it. If the
+//! wake comes between C3 and C4, the producer has already reset the word to 0 and
+//! `futex_wait(…, 1)` returns at once (the kernel compares the word atomically with
+//! queuing the waiter). A producer therefore makes a syscall only when the consumer has
+//! announced that it sleeps: a busy stream costs no syscalls. The same protocol, with
+//! the roles swapped, runs on `producer_sleeping` when the ring is full and the
+//! producer waits for space (the consumer checks the flag after publishing `head`).
+//! Every futex wait also has a timeout, so a peer that scribbles on the words can
+//! delay its own session, never hang the other side forever.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::futex;
+
+/// Size of a frame header.
+pub const FRAME_HEADER: usize = 16;
+/// Frame alignment in the ring.
+pub const FRAME_ALIGN: u64 = 16;
+
+/// Padding frame: skip to the start of the ring.
+pub const FRAME_PAD: u16 = 0xFFFF;
+/// A request (client to server): payload is an archived `Request`.
+pub const FRAME_REQUEST: u16 = 1;
+/// A response (server to client): payload is an archived `Response`.
+pub const FRAME_RESPONSE: u16 = 2;
+/// A change event (server to client, event ring).
+pub const FRAME_EVENT: u16 = 3;
+
+/// Offsets inside a ring control block (see `layout.rs`).
+mod ctl {
+    pub const TAIL: usize = 0;
+    pub const HEAD: usize = 64;
+    pub const CONSUMER_SLEEPING: usize = 128;
+    pub const PRODUCER_SLEEPING: usize = 192;
+}
+
+/// Errors of ring operations.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RingError {
+    /// The peer wrote indices or a frame header that break the ring's invariants.
+    #[error("ring corrupt: {0}")]
+    Corrupt(&'static str),
+    /// A payload larger than the ring allows.
+    #[error("frame payload of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// payload length asked for
+        len: u64,
+        /// largest payload this ring accepts
+        max: u64,
+    },
+}
+
+/// Rounds `n` up to the frame alignment.
+#[inline]
+pub const fn align_frame(n: u64) -> u64 {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// Bytes a frame with a `len`-byte payload takes in the ring.
+#[inline]
+pub const fn frame_size(len: u64) -> u64 {
+    align_frame(FRAME_HEADER as u64 + len)
+}
+
+/// A ring somewhere in (shared) memory: a control block followed by `cap` data bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct RingPtr {
+    base: NonNull<u8>,
+    cap: u64,
+}
+
+// SAFETY: RingPtr is an address plus a size; every access through it goes through
+// atomics (control block) or through the SPSC protocol, which gives each byte of the data
+// area exactly one writer at a time. Sending it to another thread is as sound as sharing
+// the mapping with another process.
+unsafe impl Send for RingPtr {}
+
+impl RingPtr {
+    /// Wraps the ring whose control block starts at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be 64-byte aligned and valid for reads and writes of
+    /// `RING_CTL_SIZE + cap` bytes for as long as this `RingPtr` or any
+    /// [`Producer`]/[`Consumer`] made from it is used; `cap` must be a power of two of at
+    /// least 4096. The memory may be shared with one other process that follows (or
+    /// violates) this protocol; it must not be written by anything else.
+    pub unsafe fn new(base: *mut u8, cap: u64) -> RingPtr {
+        debug_assert!(cap.is_power_of_two() && cap >= 4096);
+        debug_assert_eq!(base as usize % 64, 0);
+        RingPtr {
+            base: NonNull::new(base).expect("ring base is not null"),
+            cap,
+        }
+    }
+
+    /// Data capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.cap
+    }
+
+    /// Largest payload a frame in this ring may carry: a frame never takes more than
+    /// half the ring, so it always fits after at most one padding frame.
+    pub fn max_payload(&self) -> u64 {
+        self.cap / 2 - FRAME_HEADER as u64
+    }
+
+    fn word64(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: `at` is one of the 8-aligned control offsets inside the 256-byte control
+        // block, which `new`'s contract keeps mapped; AtomicU64 has the layout of u64 and
+        // the memory is only accessed atomically.
+        unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU64) }
+    }
+
+    fn word32(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: as in `word64`, for a 4-aligned u32 inside the control block.
+        unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU32) }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data area starts right after the control block (contract of `new`).
+        unsafe { self.base.as_ptr().add(crate::layout::RING_CTL_SIZE as usize) }
+    }
+
+    /// Resets the control block to an empty ring. Call only before the ring is shared.
+    pub fn init(&self) {
+        self.word64(ctl::TAIL).store(0, Ordering::Relaxed);
+        self.word64(ctl::HEAD).store(0, Ordering::Relaxed);
+        self.word32(ctl::CONSUMER_SLEEPING).store(0, Ordering::Relaxed);
+        self.word32(ctl::PRODUCER_SLEEPING).store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
+    /// Wakes a consumer sleeping on this ring, whatever the state of the ring. Used to
+    /// make a sleeping side re-check a condition outside the ring (peer gone, shutdown).
+    pub fn wake_consumer(&self) {
+        let w = self.word32(ctl::CONSUMER_SLEEPING);
+        w.store(0, Ordering::SeqCst);
+        futex::wake(w, u32::MAX);
+    }
+
+    /// Wakes a producer waiting for space on this ring (see [`RingPtr::wake_consumer`]).
+    pub fn wake_producer(&self) {
+        let w = self.word32(ctl::PRODUCER_SLEEPING);
+        w.store(0, Ordering::SeqCst);
+        futex::wake(w, u32::MAX);
+    }
+
+    /// Producer end. Exactly one producer may exist for a ring across all processes.
+    pub fn producer(self) -> Producer {
+        // The producer trusts only its own index; it starts from what is in the block,
+        // which `init` zeroed before the ring was shared.
+        let tail = self.word64(ctl::TAIL).load(Ordering::Acquire);
+        let head = self.word64(ctl::HEAD).load(Ordering::Acquire);
+        Producer {
+            ring: self,
+            tail,
+            cached_head: head.min(tail),
+            published: tail,
+        }
+    }
+
+    /// Consumer end. Exactly one consumer may exist for a ring across all processes.
+    pub fn consumer(self) -> Consumer {
+        let head = self.word64(ctl::HEAD).load(Ordering::Acquire);
+        Consumer {
+            ring: self,
+            head,
+            cached_tail: head,
+            published_head: head,
+        }
+    }
+}
+
+/// The producing end of a ring.
+#[derive(Debug)]
+pub struct Producer {
+    ring: RingPtr,
+    /// Bytes written, including frames not yet published. Private: never read back
+    /// from shared memory.
+    tail: u64,
+    /// Last `head` read from the consumer; always in `tail - cap ..= tail`.
+    cached_head: u64,
+    /// Last `tail` stored to shared memory; `published <= tail`.
+    published: u64,
+}
+
+impl Producer {
+    /// The ring this end writes.
+    pub fn ring(&self) -> RingPtr {
+        self.ring
+    }
+
+    fn refresh_head(&mut self) -> Result<(), RingError> {
+        // SYNC POINT: pairs with the Release store of `head` in `Consumer::release`: once
+        // we see the new head, the consumer is done reading the bytes before it.
+        let head = self.ring.word64(ctl::HEAD).load(Ordering::Acquire);
+        if head < self.cached_head || head > self.tail || self.tail - head > self.ring.cap {
+            return Err(RingError::Corrupt("consumer head out of range"));
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+
+    fn free(&self) -> u64 {
+        self.ring.cap - (self.tail - self.cached_head)
+    }
+
+    /// Bytes that a frame of `len` payload bytes needs right now (frame plus the
+    /// padding frame before it if it would cross the end of the ring).
+    fn needed(&self, len: u64) -> u64 {
+        let fsize = frame_size(len);
+        let off = self.tail & (self.ring.cap - 1);
+        let contig = self.ring.cap - off;
+        if fsize > contig {
+            contig + fsize
+        } else {
+            fsize
+        }
+    }
+
+    /// Whether a frame with a `len`-byte payload fits now (re-reading the consumer's
+    /// head if the cached one is not enough).
+    pub fn has_space(&mut self, len: u64) -> Result<bool, RingError> {
+        let need = self.needed(len);
+        if self.free() >= need {
+            return Ok(true);
+        }
+        self.refresh_head()?;
+        Ok(self.free() >= need)
+    }
+
+    /// Writes a frame without publishing it; returns `Ok(false)` if the ring is full.
+    /// `fill` gets the payload slice (exactly `len` bytes, 16-byte aligned) to write.
+    /// Published frames become visible to the consumer at the next [`Producer::flush`].
+    pub fn try_write_with(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        corr: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool, RingError> {
+        let len64 = len as u64;
+        if len64 > self.ring.max_payload() || len64 > u32::MAX as u64 {
+            return Err(RingError::TooLarge {
+                len: len64,
+                max: self.ring.max_payload(),
+            });
+        }
+        debug_assert_ne!(kind, FRAME_PAD);
+        if !self.has_space(len64)? {
+            return Ok(false);
+        }
+        let mask = self.ring.cap - 1;
+        let fsize = frame_size(len64);
+        let mut off = self.tail & mask;
+        let contig = self.ring.cap - off;
+        if fsize > contig {
+            // SAFETY: `off..cap` is free (checked by `has_space`, which counted the
+            // padding), so the consumer does not read it until we publish.
+            unsafe { self.write_header(off, (contig - FRAME_HEADER as u64) as u32, FRAME_PAD, 0, 0) };
+            self.tail += contig;
+            off = 0;
+        }
+        // SAFETY: `off .. off + fsize` lies inside the data area (fsize <= contig after the
+        // wrap) and is free: the consumer's head is at most `tail + fsize - cap` behind.
+        // Nobody else writes it until we publish, and the consumer does not read it before.
+        let payload = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ring.data().add(off as usize + FRAME_HEADER),
+                len,
+            )
+        };
+        fill(payload);
+        // SAFETY: as above, the header is the first 16 bytes of the same free frame.
+        unsafe { self.write_header(off, len as u32, kind, flags, corr) };
+        self.tail += fsize;
+        Ok(true)
+    }
+
+    /// Copies `payload` into a new frame; see [`Producer::try_write_with`].
+    pub fn try_write(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        corr: u64,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
+        self.try_write_with(kind, flags, corr, payload.len(), |dst| {
+            dst.copy_from_slice(payload)
+        })
+    }
+
+    /// Writes and publishes a frame; returns `Ok(false)` if the ring is full.
+    pub fn try_push(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        corr: u64,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
+        let ok = self.try_write(kind, flags, corr, payload)?;
+        if ok {
+            self.flush();
+        }
+        Ok(ok)
+    }
+
+    /// # Safety
+    /// `off .. off + 16` must be inside the data area and owned by the producer.
+    unsafe fn write_header(&self, off: u64, len: u32, kind: u16, flags: u16, corr: u64) {
+        let mut h = [0u8; FRAME_HEADER];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4..6].copy_from_slice(&kind.to_le_bytes());
+        h[6..8].copy_from_slice(&flags.to_le_bytes());
+        h[8..16].copy_from_slice(&corr.to_le_bytes());
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            std::ptr::copy_nonoverlapping(h.as_ptr(), self.ring.data().add(off as usize), FRAME_HEADER)
+        };
+    }
+
+    /// Publishes every written frame and wakes the consumer if it announced that it
+    /// sleeps. Cheap when there is nothing new.
+    pub fn flush(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
+        self.published = self.tail;
+        // SYNC POINT: pairs with the Acquire load of `tail` in `Consumer::refresh_tail`;
+        // the frame bytes written above happen-before the consumer reads them.
+        self.ring.word64(ctl::TAIL).store(self.tail, Ordering::Release);
+        // P2 of the wake protocol (module docs): order the tail store before reading
+        // the consumer's sleeping flag.
+        fence(Ordering::SeqCst);
+        let sleeping = self.ring.word32(ctl::CONSUMER_SLEEPING);
+        if sleeping.load(Ordering::Relaxed) != 0 {
+            sleeping.store(0, Ordering::Relaxed);
+            futex::wake(sleeping, 1);
+        }
+    }
+
+    /// Sleeps until a frame of `len` payload bytes fits, at most `timeout`.
+    /// Returns whether it fits now.
+    pub fn sleep_for_space(&mut self, len: u64, timeout: Duration) -> Result<bool, RingError> {
+        if self.has_space(len)? {
+            return Ok(true);
+        }
+        let ring = self.ring;
+        let w = ring.word32(ctl::PRODUCER_SLEEPING);
+        w.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.has_space(len)? {
+            w.store(0, Ordering::Relaxed);
+            return Ok(true);
+        }
+        futex::wait(w, 1, timeout);
+        w.store(0, Ordering::Relaxed);
+        self.has_space(len)
+    }
+}
+
+/// A frame found by [`Consumer::peek`]. Its payload stays valid (the producer does not
+/// overwrite it) until the consumer releases it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef {
+    /// Payload length.
+    pub len: u32,
+    /// Frame kind (`FRAME_*`, never `FRAME_PAD`).
+    pub kind: u16,
+    /// Kind-specific flags.
+    pub flags: u16,
+    /// Correlation id.
+    pub corr: u64,
+    /// Ring index of the frame header.
+    index: u64,
+}
+
+/// The consuming end of a ring.
+#[derive(Debug)]
+pub struct Consumer {
+    ring: RingPtr,
+    /// Bytes consumed (including peeked frames not yet published as released).
+    head: u64,
+    /// Last `tail` read from the producer; `head <= cached_tail <= head + cap`.
+    cached_tail: u64,
+    /// Last `head` stored to shared memory.
+    published_head: u64,
+}
+
+impl Consumer {
+    /// The ring this end reads.
+    pub fn ring(&self) -> RingPtr {
+        self.ring
+    }
+
+    fn refresh_tail(&mut self) -> Result<(), RingError> {
+        // SYNC POINT: pairs with the Release store of `tail` in `Producer::flush`.
+        let tail = self.ring.word64(ctl::TAIL).load(Ordering::Acquire);
+        if tail < self.cached_tail || tail - self.published_head > self.ring.cap {
+            return Err(RingError::Corrupt("producer tail out of range"));
+        }
+        self.cached_tail = tail;
+        Ok(())
+    }
+
+    /// Whether a frame is waiting (re-reading the producer's tail if needed).
+    pub fn has_data(&mut self) -> Result<bool, RingError> {
+        if self.cached_tail != self.head {
+            return Ok(true);
+        }
+        self.refresh_tail()?;
+        Ok(self.cached_tail != self.head)
+    }
+
+    /// Returns the next frame without consuming it, skipping padding. `Ok(None)` when
+    /// the ring is empty. Every header field is read once and checked against the ring's
+    /// bounds before use.
+    pub fn peek(&mut self) -> Result<Option<FrameRef>, RingError> {
+        loop {
+            if !self.has_data()? {
+                return Ok(None);
+            }
+            let avail = self.cached_tail - self.head;
+            let mask = self.ring.cap - 1;
+            let off = self.head & mask;
+            let contig = self.ring.cap - off;
+            if avail < FRAME_HEADER as u64 {
+                return Err(RingError::Corrupt("partial frame header"));
+            }
+            let mut h = [0u8; FRAME_HEADER];
+            // SAFETY: `off + 16 <= cap` because off is 16-aligned (head only advances by
+            // multiples of 16) and the range is published (avail >= 16). The bytes are
+            // copied once into private memory; a peer racing on them can only make us read
+            // garbage, which the checks below reject.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ring.data().add(off as usize), h.as_mut_ptr(), FRAME_HEADER)
+            };
+            let len = u32::from_le_bytes(h[0..4].try_into().expect("4"));
+            let kind = u16::from_le_bytes(h[4..6].try_into().expect("2"));
+            let flags = u16::from_le_bytes(h[6..8].try_into().expect("2"));
+            let corr = u64::from_le_bytes(h[8..16].try_into().expect("8"));
+            if kind == FRAME_PAD {
+                if len as u64 != contig - FRAME_HEADER as u64 || avail < contig {
+                    return Err(RingError::Corrupt("bad padding frame"));
+                }
+                self.head += contig;
+                continue;
+            }
+            if len as u64 > self.ring.max_payload() {
+                return Err(RingError::Corrupt("frame length past the ring's maximum"));
+            }
+            let fsize = frame_size(len as u64);
+            if fsize > contig || fsize > avail {
+                return Err(RingError::Corrupt("frame runs past the published data"));
+            }
+            return Ok(Some(FrameRef {
+                len,
+                kind,
+                flags,
+                corr,
+                index: self.head,
+            }));
+        }
+    }
+
+    fn payload_ptr(&self, f: &FrameRef) -> *const u8 {
+        debug_assert_eq!(f.index, self.head, "payload of a released frame");
+        let off = (f.index & (self.ring.cap - 1)) as usize;
+        // SAFETY: `peek` checked that the whole frame lies inside the data area.
+        unsafe { self.ring.data().add(off + FRAME_HEADER) }
+    }
+
+    /// Copies the payload of `f` (from the last [`Consumer::peek`]) into `dst`, replacing
+    /// its contents. This is the path for untrusted producers: the copy is taken once,
+    /// so a peer that changes the bytes afterwards cannot change what was validated.
+    pub fn copy_payload(&self, f: &FrameRef, dst: &mut rkyv::util::AlignedVec<16>) {
+        dst.clear();
+        // SAFETY: the payload range is inside the data area and published (checked by
+        // `peek`). A hostile producer may write these bytes while we copy them; then the
+        // copy holds garbage, which validation of the private copy rejects.
+        let src = unsafe { std::slice::from_raw_parts(self.payload_ptr(f), f.len as usize) };
+        dst.extend_from_slice(src);
+    }
+
+    /// Borrows the payload of `f` in place (zero copy).
+    ///
+    /// # Safety
+    ///
+    /// The producer must not modify a published frame before it is released (true of a
+    /// producer that follows this protocol, i.e. of the Ringbase server). Do not use it
+    /// on frames from an untrusted producer; use [`Consumer::copy_payload`] there.
+    pub unsafe fn payload(&self, f: &FrameRef) -> &[u8] {
+        // SAFETY: range checked by `peek`; immutability guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts(self.payload_ptr(f), f.len as usize) }
+    }
+
+    /// Consumes the frame `f` (the one [`Consumer::peek`] returned) without publishing
+    /// the new head yet; call [`Consumer::flush`] (or `release`) to hand the space back.
+    pub fn advance(&mut self, f: &FrameRef) {
+        debug_assert_eq!(f.index, self.head);
+        self.head = f.index + frame_size(f.len as u64);
+    }
+
+    /// Consumes `f` and publishes the new head.
+    pub fn release(&mut self, f: &FrameRef) {
+        self.advance(f);
+        self.flush();
+    }
+
+    /// Publishes the head (space freed so far) and wakes a producer waiting for space.
+    pub fn flush(&mut self) {
+        if self.published_head == self.head {
+            return;
+        }
+        self.published_head = self.head;
+        // SYNC POINT: pairs with the Acquire load of `head` in `Producer::refresh_head`;
+        // our reads of the released frames happen-before the producer reuses the bytes.
+        self.ring.word64(ctl::HEAD).store(self.head, Ordering::Release);
+        fence(Ordering::SeqCst);
+        let sleeping = self.ring.word32(ctl::PRODUCER_SLEEPING);
+        if sleeping.load(Ordering::Relaxed) != 0 {
+            sleeping.store(0, Ordering::Relaxed);
+            futex::wake(sleeping, 1);
+        }
+    }
+
+    /// Announces that the consumer sleeps, re-checks, and sleeps at most `timeout`
+    /// (C1–C4 in the module docs). Returns whether data is available now.
+    pub fn sleep(&mut self, timeout: Duration) -> Result<bool, RingError> {
+        if self.has_data()? {
+            return Ok(true);
+        }
+        let ring = self.ring;
+        let w = ring.word32(ctl::CONSUMER_SLEEPING);
+        w.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.has_data()? {
+            w.store(0, Ordering::Relaxed);
+            return Ok(true);
+        }
+        futex::wait(w, 1, timeout);
+        w.store(0, Ordering::Relaxed);
+        self.has_data()
+    }
+}
+
+/// Adaptive spin-then-sleep policy for one waiting side.
+///
+/// On a 2-core machine a waiter that spins without bound starves everyone as soon as
+/// there are more spinners than cores, and a sidecar that spins while idle wastes
+/// battery. So a waiter spins (with `spin_loop` hints) for at most `spin` — a budget
+/// that grows when data tends to arrive while spinning and shrinks when the wait ended
+/// in a sleep — then yields the CPU a few times, then sleeps on the futex.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    spin: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+/// What a wait step decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Still spinning or yielding: re-check the condition and call again.
+    Spin,
+    /// The budget is spent: sleep on the futex (with a timeout) and re-check.
+    Sleep,
+}
+
+impl Backoff {
+    /// A policy whose spin budget adapts between `min` and `max`.
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            spin: min,
+            min,
+            max,
+        }
+    }
+
+    /// A policy that never sleeps (busy-poll mode): it spins and yields forever.
+    pub fn busy() -> Backoff {
+        Backoff {
+            spin: Duration::MAX,
+            min: Duration::MAX,
+            max: Duration::MAX,
+        }
+    }
+
+    /// Whether this policy never sleeps.
+    pub fn is_busy(&self) -> bool {
+        self.min == Duration::MAX
+    }
+
+    /// Starts one wait.
+    pub fn start(&self) -> Wait {
+        Wait {
+            start: None,
+            iter: 0,
+            spin: self.spin,
+        }
+    }
+
+    /// Feeds back how the wait ended: `slept` = it had to sleep.
+    pub fn finish(&mut self, slept: bool) {
+        if self.is_busy() {
+            return;
+        }
+        self.spin = if slept {
+            (self.spin / 2).max(self.min)
+        } else {
+            (self.spin * 2).min(self.max)
+        };
+    }
+}
+
+/// One wait in progress, see [`Backoff::start`].
+#[derive(Debug)]
+pub struct Wait {
+    start: Option<Instant>,
+    iter: u32,
+    spin: Duration,
+}
+
+impl Wait {
+    /// Call each time the condition was found false.
+    #[inline]
+    pub fn step(&mut self) -> Phase {
+        self.iter = self.iter.wrapping_add(1);
+        // Look at the clock only every 64 iterations: it costs ~20 ns.
+        if self.iter % 64 != 0 {
+            std::hint::spin_loop();
+            return Phase::Spin;
+        }
+        let now = Instant::now();
+        let start = *self.start.get_or_insert(now);
+        let spent = now - start;
+        if spent < self.spin {
+            // Give the other core (or the peer on this one) a chance every so often.
+            if self.iter % 1024 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            Phase::Spin
+        } else if spent < self.spin.saturating_add(Duration::from_micros(50)) {
+            std::thread::yield_now();
+            Phase::Spin
+        } else {
+            Phase::Sleep
+        }
+    }
+
+    /// Time since the wait started spinning (zero in the first iterations).
+    pub fn elapsed(&self) -> Duration {
+        self.start.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
