@@ -413,7 +413,10 @@ mod tests {
         assert_eq!(Hello::decode(&h.encode()), Ok(h));
         assert_eq!(Hello::peek_version(&h.encode()[..12]), Ok(7));
         assert_eq!(Hello::decode(&[0u8; 64]), Err(HandshakeError::BadMagic));
-        assert_eq!(Hello::decode(&h.encode()[..20]), Err(HandshakeError::Truncated(20)));
+        assert_eq!(
+            Hello::decode(&h.encode()[..20]),
+            Err(HandshakeError::Truncated(20))
+        );
     }
 
     #[test]

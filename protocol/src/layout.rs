@@ -117,7 +117,9 @@ impl RingSizes {
     pub fn negotiate(self) -> RingSizes {
         fn fix(v: u64, default: u64) -> u64 {
             let v = if v == 0 { default } else { v };
-            v.clamp(MIN_RING, MAX_RING).next_power_of_two().min(MAX_RING)
+            v.clamp(MIN_RING, MAX_RING)
+                .next_power_of_two()
+                .min(MAX_RING)
         }
         RingSizes {
             request: fix(self.request, DEFAULT_RING),
@@ -285,21 +287,43 @@ mod tests {
         );
         let mut bad = h.clone();
         bad[0] ^= 1;
-        assert!(matches!(read_header(&bad, geo.segment_size), Err(LayoutError::BadMagic(_))));
+        assert!(matches!(
+            read_header(&bad, geo.segment_size),
+            Err(LayoutError::BadMagic(_))
+        ));
         let mut bad = h.clone();
         bad[off::VERSION] = 9;
-        assert!(matches!(read_header(&bad, geo.segment_size), Err(LayoutError::Version { .. })));
+        assert!(matches!(
+            read_header(&bad, geo.segment_size),
+            Err(LayoutError::Version { .. })
+        ));
         let mut bad = h.clone();
         bad[off::RESP_OFF] ^= 0x10;
-        assert!(matches!(read_header(&bad, geo.segment_size), Err(LayoutError::Geometry(_))));
+        assert!(matches!(
+            read_header(&bad, geo.segment_size),
+            Err(LayoutError::Geometry(_))
+        ));
     }
 
     #[test]
     fn negotiate_bounds() {
-        let s = RingSizes { request: 1, response: 5000, event: u64::MAX }.negotiate();
+        let s = RingSizes {
+            request: 1,
+            response: 5000,
+            event: u64::MAX,
+        }
+        .negotiate();
         assert_eq!(s.request, MIN_RING);
         assert_eq!(s.response, 8192);
         assert_eq!(s.event, MAX_RING);
-        assert_eq!(RingSizes { request: 0, response: 0, event: 0 }.negotiate(), RingSizes::default());
+        assert_eq!(
+            RingSizes {
+                request: 0,
+                response: 0,
+                event: 0
+            }
+            .negotiate(),
+            RingSizes::default()
+        );
     }
 }

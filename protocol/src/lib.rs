@@ -24,6 +24,8 @@ pub mod layout;
 pub mod message;
 pub mod paths;
 pub mod ring;
+#[cfg(unix)]
+pub mod segment;
 
 /// Version of the protocol spoken over the control socket and in the segment. A client
 /// and a server with different versions refuse each other with a clear error.

@@ -295,7 +295,11 @@ mod tests {
             Just(Request::Status),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(Request::Echo),
             ".{0,40}".prop_map(|key| Request::Get { key }),
-            (".{0,40}", proptest::collection::vec(any::<u8>(), 0..300), arb_kind())
+            (
+                ".{0,40}",
+                proptest::collection::vec(any::<u8>(), 0..300),
+                arb_kind()
+            )
                 .prop_map(|(key, value, kind)| Request::Put { key, value, kind }),
             (".{0,10}", proptest::option::of(".{0,10}"), any::<u32>()).prop_map(
                 |(prefix, start_after, limit)| Request::List {
@@ -307,8 +311,16 @@ mod tests {
             proptest::collection::vec(
                 prop_oneof![
                     ".{0,10}".prop_map(|key| BatchOp::Delete { key }),
-                    (".{0,10}", proptest::collection::vec(any::<u8>(), 0..30), arb_kind())
-                        .prop_map(|(key, value, kind)| BatchOp::Put { key, value, kind }),
+                    (
+                        ".{0,10}",
+                        proptest::collection::vec(any::<u8>(), 0..30),
+                        arb_kind()
+                    )
+                        .prop_map(|(key, value, kind)| BatchOp::Put {
+                            key,
+                            value,
+                            kind
+                        }),
                 ],
                 0..10
             )

@@ -17,7 +17,9 @@ pub const DEFAULT_NAME: &str = "default";
 
 /// A server name that cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("invalid server name {0:?}: use 1-64 characters from [A-Za-z0-9._-], not starting with '.'")]
+#[error(
+    "invalid server name {0:?}: use 1-64 characters from [A-Za-z0-9._-], not starting with '.'"
+)]
 pub struct InvalidName(pub String);
 
 /// Checks a server name: 1 to 64 characters of `[A-Za-z0-9._-]`, not starting with `.`

@@ -170,15 +170,21 @@ impl RingPtr {
 
     fn data(&self) -> *mut u8 {
         // SAFETY: the data area starts right after the control block (contract of `new`).
-        unsafe { self.base.as_ptr().add(crate::layout::RING_CTL_SIZE as usize) }
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(crate::layout::RING_CTL_SIZE as usize)
+        }
     }
 
     /// Resets the control block to an empty ring. Call only before the ring is shared.
     pub fn init(&self) {
         self.word64(ctl::TAIL).store(0, Ordering::Relaxed);
         self.word64(ctl::HEAD).store(0, Ordering::Relaxed);
-        self.word32(ctl::CONSUMER_SLEEPING).store(0, Ordering::Relaxed);
-        self.word32(ctl::PRODUCER_SLEEPING).store(0, Ordering::Relaxed);
+        self.word32(ctl::CONSUMER_SLEEPING)
+            .store(0, Ordering::Relaxed);
+        self.word32(ctl::PRODUCER_SLEEPING)
+            .store(0, Ordering::Relaxed);
         fence(Ordering::Release);
     }
 
@@ -310,7 +316,9 @@ impl Producer {
         if fsize > contig {
             // SAFETY: `off..cap` is free (checked by `has_space`, which counted the
             // padding), so the consumer does not read it until we publish.
-            unsafe { self.write_header(off, (contig - FRAME_HEADER as u64) as u32, FRAME_PAD, 0, 0) };
+            unsafe {
+                self.write_header(off, (contig - FRAME_HEADER as u64) as u32, FRAME_PAD, 0, 0)
+            };
             self.tail += contig;
             off = 0;
         }
@@ -318,10 +326,7 @@ impl Producer {
         // wrap) and is free: the consumer's head is at most `tail + fsize - cap` behind.
         // Nobody else writes it until we publish, and the consumer does not read it before.
         let payload = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ring.data().add(off as usize + FRAME_HEADER),
-                len,
-            )
+            std::slice::from_raw_parts_mut(self.ring.data().add(off as usize + FRAME_HEADER), len)
         };
         fill(payload);
         // SAFETY: as above, the header is the first 16 bytes of the same free frame.
@@ -368,7 +373,11 @@ impl Producer {
         h[8..16].copy_from_slice(&corr.to_le_bytes());
         // SAFETY: guaranteed by the caller.
         unsafe {
-            std::ptr::copy_nonoverlapping(h.as_ptr(), self.ring.data().add(off as usize), FRAME_HEADER)
+            std::ptr::copy_nonoverlapping(
+                h.as_ptr(),
+                self.ring.data().add(off as usize),
+                FRAME_HEADER,
+            )
         };
     }
 
@@ -381,7 +390,9 @@ impl Producer {
         self.published = self.tail;
         // SYNC POINT: pairs with the Acquire load of `tail` in `Consumer::refresh_tail`;
         // the frame bytes written above happen-before the consumer reads them.
-        self.ring.word64(ctl::TAIL).store(self.tail, Ordering::Release);
+        self.ring
+            .word64(ctl::TAIL)
+            .store(self.tail, Ordering::Release);
         // P2 of the wake protocol (module docs): order the tail store before reading
         // the consumer's sleeping flag.
         fence(Ordering::SeqCst);
@@ -486,7 +497,11 @@ impl Consumer {
             // copied once into private memory; a peer racing on them can only make us read
             // garbage, which the checks below reject.
             unsafe {
-                std::ptr::copy_nonoverlapping(self.ring.data().add(off as usize), h.as_mut_ptr(), FRAME_HEADER)
+                std::ptr::copy_nonoverlapping(
+                    self.ring.data().add(off as usize),
+                    h.as_mut_ptr(),
+                    FRAME_HEADER,
+                )
             };
             let len = u32::from_le_bytes(h[0..4].try_into().expect("4"));
             let kind = u16::from_le_bytes(h[4..6].try_into().expect("2"));
@@ -568,7 +583,9 @@ impl Consumer {
         self.published_head = self.head;
         // SYNC POINT: pairs with the Acquire load of `head` in `Producer::refresh_head`;
         // our reads of the released frames happen-before the producer reuses the bytes.
-        self.ring.word64(ctl::HEAD).store(self.head, Ordering::Release);
+        self.ring
+            .word64(ctl::HEAD)
+            .store(self.head, Ordering::Release);
         fence(Ordering::SeqCst);
         let sleeping = self.ring.word32(ctl::PRODUCER_SLEEPING);
         if sleeping.load(Ordering::Relaxed) != 0 {
