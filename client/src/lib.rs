@@ -1,1 +1,28 @@
-//! x
+//! The Ringbase Rust client.
+//!
+//! A [`Client`] is one session with a local `ringbase` server: requests go through a
+//! shared-memory ring, responses come back through another and are read in place.
+//!
+//! ```no_run
+//! let mut c = ringbase_client::Client::connect("default")?;
+//! c.ping()?;
+//! assert_eq!(c.echo(b"hi")?, b"hi");
+//! # Ok::<(), ringbase_client::Error>(())
+//! ```
+//!
+//! A client is `Send` but not `Sync`: use it from one thread at a time, or give each
+//! thread its own client (sessions are cheap and independent).
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod client;
+mod error;
+
+pub use client::{Client, ConnectOptions};
+pub use error::{Error, Result};
+pub use ringbase_protocol::handshake::WaitMode;
+pub use ringbase_protocol::layout::RingSizes;
+pub use ringbase_protocol::message::{
+    BatchOp, ErrorCode, Record, Request, Response, StatusInfo, ValueKind, Version,
+};

@@ -1,1 +1,132 @@
-fn main() {}
+//! `ringbase`: the server and its command-line client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use ringbase_server::{Engine, Server, ServerConfig};
+
+mod cli;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringbase",
+    version,
+    about = "Ringbase: a local database server for native applications"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the server in the foreground (SIGINT/SIGTERM stop it cleanly).
+    Serve {
+        /// Server name: clients connect by name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Data directory [default: $RINGBASE_DATA_DIR, else $XDG_DATA_HOME/ringbase/NAME,
+        /// else ~/.local/share/ringbase/NAME].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Most concurrent client sessions.
+        #[arg(long, default_value_t = 256)]
+        max_sessions: usize,
+        /// Also accept clients running as this uid (repeatable).
+        #[arg(long = "allow-uid")]
+        allow_uids: Vec<u32>,
+    },
+    /// Check that a server is up and measure one round trip.
+    Ping {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Serve {
+            name,
+            data_dir,
+            max_sessions,
+            allow_uids,
+        } => serve(name, data_dir, max_sessions, allow_uids),
+        Cmd::Ping { name } => cli::ping(&name),
+    }
+}
+
+/// `$RINGBASE_DATA_DIR`, else `$XDG_DATA_HOME/ringbase/NAME`, else
+/// `~/.local/share/ringbase/NAME`, else `./ringbase-data/NAME`.
+fn default_data_dir(name: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("RINGBASE_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("ringbase").join(name);
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join(".local/share/ringbase").join(name);
+    }
+    PathBuf::from("ringbase-data").join(name)
+}
+
+fn serve(
+    name: String,
+    data_dir: Option<PathBuf>,
+    max_sessions: usize,
+    allow_uids: Vec<u32>,
+) -> ExitCode {
+    // Block SIGINT/SIGTERM in every thread (threads inherit the mask) and take them
+    // synchronously with sigwait below, so shutdown runs as ordinary code.
+    let set = signal_set();
+    // SAFETY: `set` is an initialised sigset_t; pthread_sigmask only reads it.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let data_dir = data_dir.unwrap_or_else(|| default_data_dir(&name));
+    let engine = match Engine::open(data_dir.clone()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("ringbase: cannot open data dir {}: {e}", data_dir.display());
+            return ExitCode::from(1);
+        }
+    };
+    let mut config = ServerConfig::new(&name);
+    config.max_sessions = max_sessions;
+    config.allowed_uids = allow_uids;
+    let server = match Server::start(config, Arc::clone(&engine)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringbase: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Readiness line: tools and tests wait for it.
+    println!(
+        "ringbase: serving {name:?} on {} (data dir {})",
+        server.socket_path().display(),
+        data_dir.display()
+    );
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait reads `set` and writes the signal number into `sig`.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    eprintln!("ringbase: signal {sig}, shutting down");
+    server.shutdown();
+    engine.shutdown();
+    eprintln!("ringbase: stopped");
+    ExitCode::SUCCESS
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and modify the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}

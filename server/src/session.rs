@@ -1,0 +1,374 @@
+//! One client session: a thread that serves the request ring and writes the response
+//! ring, plus a watcher thread blocked on the control socket whose EOF means the client
+//! is gone.
+//!
+//! Everything the client writes is hostile input: each request frame is copied once
+//! into private memory and validated there (length and alignment by the ring, archive
+//! by bytecheck) before the engine sees it. A frame the server cannot read gets an error
+//! response; a ring whose indices or headers break the ring's invariants ends the
+//! session. Neither touches any other session.
+//!
+//! Responses go out in request order. Writes are handed to the engine's writer and
+//! answered when their group commit is done, without stalling the requests behind
+//! them, so pipelined writes of one session reach the same commit; a read waits for
+//! the session's earlier writes first (read-your-writes).
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::os::unix::uds_local_socket::Stream;
+use ringbase_protocol::handshake::WaitMode;
+use ringbase_protocol::message::{access_request, encode_response, ErrorCode, Response};
+use ringbase_protocol::ring::{
+    Backoff, Consumer, Phase, Producer, RingError, FRAME_REQUEST, FRAME_RESPONSE,
+};
+use ringbase_protocol::segment::Segment;
+use rkyv::util::AlignedVec;
+
+use crate::engine::{EngineSession, Reply};
+use crate::ipc::Shared;
+
+/// Longest a session thread sleeps before re-checking its stop flags (a backstop: the
+/// watcher and shutdown wake it at once).
+const SLEEP_SLICE: Duration = Duration::from_millis(500);
+/// Requests served between two publications of the rings.
+const BURST: usize = 256;
+/// Most responses a session may have waiting behind an unfinished write.
+const MAX_QUEUED: usize = 4096;
+
+pub(crate) struct SessionArgs {
+    pub(crate) id: u64,
+    pub(crate) segment: Segment,
+    pub(crate) stream: Stream,
+    pub(crate) wait: WaitMode,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    PeerGone,
+    Shutdown,
+    Corrupt(RingError),
+}
+
+impl From<RingError> for End {
+    fn from(e: RingError) -> End {
+        End::Corrupt(e)
+    }
+}
+
+/// Runs a session to its end and tears it down: socket closed, segment unmapped.
+pub(crate) fn run(args: SessionArgs) {
+    let SessionArgs {
+        id,
+        segment,
+        stream,
+        wait,
+        shared,
+        stop,
+    } = args;
+    let peer_gone = Arc::new(AtomicBool::new(false));
+    let sock: UnixStream = match stream.inner().try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringbase: session {id}: cannot clone socket: {e}");
+            return;
+        }
+    };
+    let req_ring = segment.request_ring();
+    let resp_ring = segment.response_ring();
+    let gone = Arc::clone(&peer_gone);
+    let watcher = std::thread::Builder::new()
+        .name("ringbase-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut sock = sock;
+            let mut buf = [0u8; 64];
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue, // nothing is expected after the handshake; ignore
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            gone.store(true, Ordering::SeqCst);
+            req_ring.wake_consumer();
+            resp_ring.wake_producer();
+        });
+    let watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("ringbase: session {id}: cannot spawn watcher: {e}");
+            return;
+        }
+    };
+
+    let engine_session = shared.engine.open_session();
+    let result = match engine_session {
+        Ok(es) => {
+            let backoff = match wait {
+                WaitMode::Adaptive => {
+                    Backoff::new(Duration::from_micros(20), Duration::from_micros(200))
+                }
+                // A busy-poll client wants the server hot too, but a sidecar must not burn
+                // a core for a client that went quiet: spin up to 10 ms, then sleep.
+                WaitMode::BusyPoll => {
+                    Backoff::new(Duration::from_millis(10), Duration::from_millis(10))
+                }
+            };
+            let mut s = SessionLoop {
+                req: segment.request_ring().consumer(),
+                resp: segment.response_ring().producer(),
+                max_payload: segment.geometry().max_payload,
+                inbuf: AlignedVec::new(),
+                outbuf: AlignedVec::new(),
+                backoff,
+                queue: VecDeque::new(),
+                engine: es,
+                shared: &shared,
+                peer_gone: &peer_gone,
+                stop: &stop,
+            };
+            s.serve()
+        }
+        Err(msg) => {
+            eprintln!("ringbase: session {id}: cannot open engine session: {msg}");
+            Err(End::Shutdown)
+        }
+    };
+    match result {
+        Ok(()) | Err(End::PeerGone) | Err(End::Shutdown) => {}
+        Err(End::Corrupt(e)) => {
+            eprintln!("ringbase: session {id} closed: client broke the ring protocol: {e}")
+        }
+    }
+    // Closing our end makes the watcher's read return, and tells the client.
+    let _ = stream.inner().shutdown(std::net::Shutdown::Both);
+    let _ = watcher.join();
+    // The watcher held copies of the ring pointers; it is gone, so unmapping is safe.
+    drop(segment);
+}
+
+/// A response slot in request order.
+enum Slot {
+    Ready(u64, Response),
+    Waiting(u64, u64),
+}
+
+struct SessionLoop<'a> {
+    req: Consumer,
+    resp: Producer,
+    max_payload: u64,
+    inbuf: AlignedVec<16>,
+    outbuf: AlignedVec<16>,
+    backoff: Backoff,
+    /// Responses not yet written, in request order; non-empty only while a write is
+    /// outstanding (or the response ring was full).
+    queue: VecDeque<Slot>,
+    engine: EngineSession,
+    shared: &'a Shared,
+    peer_gone: &'a AtomicBool,
+    stop: &'a AtomicBool,
+}
+
+impl SessionLoop<'_> {
+    fn check(&self) -> Result<(), End> {
+        if self.peer_gone.load(Ordering::Relaxed) {
+            return Err(End::PeerGone);
+        }
+        if self.stop.load(Ordering::Relaxed) || self.shared.shutdown.load(Ordering::Relaxed) {
+            return Err(End::Shutdown);
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self) -> Result<(), End> {
+        loop {
+            let mut served = 0;
+            while served < BURST {
+                self.check()?;
+                let Some(f) = self.req.peek()? else { break };
+                self.req.copy_payload(&f, &mut self.inbuf);
+                self.req.advance(&f);
+                served += 1;
+                if f.kind != FRAME_REQUEST {
+                    self.reply(
+                        f.corr,
+                        Reply::Now(error(
+                            ErrorCode::BadRequest,
+                            format!("unexpected frame kind {}", f.kind),
+                        )),
+                    )?;
+                    continue;
+                }
+                // Taken out of `self` while the archived request borrows it.
+                let inbuf = std::mem::take(&mut self.inbuf);
+                let reply = match access_request(&inbuf) {
+                    Ok(req) => {
+                        if self.engine.needs_barrier(req) {
+                            self.drain_writes()?;
+                        }
+                        Ok(self
+                            .shared
+                            .engine
+                            .handle(&mut self.engine, req, self.shared))
+                    }
+                    Err(e) => Err(format!("invalid request: {e}")),
+                };
+                self.inbuf = inbuf;
+                let reply =
+                    reply.unwrap_or_else(|msg| Reply::Now(error(ErrorCode::BadRequest, msg)));
+                self.reply(f.corr, reply)?;
+                if self.queue.len() >= MAX_QUEUED {
+                    self.drain_writes()?;
+                }
+            }
+            // Hand the request space back and publish what we wrote.
+            self.req.flush();
+            self.collect(false)?;
+            self.resp.flush();
+            if served > 0 {
+                continue;
+            }
+            if !self.queue.is_empty() {
+                // Nothing new to read, but writes are in flight: wait for them.
+                self.collect(true)?;
+                self.resp.flush();
+                continue;
+            }
+            self.wait_for_request()?;
+        }
+    }
+
+    /// Waits (spin, yield, then futex sleep) until a request frame is published.
+    fn wait_for_request(&mut self) -> Result<(), End> {
+        let mut w = self.backoff.start();
+        let mut slept = false;
+        loop {
+            if self.req.has_data()? {
+                self.backoff.finish(slept);
+                return Ok(());
+            }
+            self.check()?;
+            if w.step() == Phase::Sleep {
+                slept = true;
+                self.req.sleep(SLEEP_SLICE)?;
+            }
+        }
+    }
+
+    fn reply(&mut self, corr: u64, reply: Reply) -> Result<(), End> {
+        match reply {
+            Reply::Now(r) if self.queue.is_empty() => self.write(corr, &r),
+            Reply::Now(r) => {
+                self.queue.push_back(Slot::Ready(corr, r));
+                Ok(())
+            }
+            Reply::Pending(ticket) => {
+                self.queue.push_back(Slot::Waiting(corr, ticket));
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes finished writes from the engine (blocking for at least one if `block`) and
+    /// writes out every response at the front of the queue that is ready.
+    fn collect(&mut self, block: bool) -> Result<(), End> {
+        if !self.queue.is_empty() {
+            let mut block = block;
+            loop {
+                let done = if block {
+                    self.engine.wait_completion(SLEEP_SLICE)
+                } else {
+                    self.engine.try_completion()
+                };
+                let Some((ticket, resp)) = done else {
+                    if block {
+                        self.check()?;
+                        continue;
+                    }
+                    break;
+                };
+                block = false;
+                for slot in self.queue.iter_mut() {
+                    if let Slot::Waiting(corr, t) = *slot {
+                        if t == ticket {
+                            *slot = Slot::Ready(corr, resp);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(Slot::Ready(..)) = self.queue.front() {
+            let Some(Slot::Ready(corr, r)) = self.queue.pop_front() else {
+                unreachable!()
+            };
+            self.write(corr, &r)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued response has been written (read-your-writes barrier).
+    fn drain_writes(&mut self) -> Result<(), End> {
+        self.collect(false)?;
+        while !self.queue.is_empty() {
+            self.collect(true)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes and writes one response frame, waiting for space if the client is slow.
+    fn write(&mut self, corr: u64, resp: &Response) -> Result<(), End> {
+        if let Err(e) = encode_response(resp, &mut self.outbuf) {
+            encode_response(
+                &error(ErrorCode::Internal, format!("cannot encode response: {e}")),
+                &mut self.outbuf,
+            )
+            .expect("encoding an error response");
+        }
+        if self.outbuf.len() as u64 > self.max_payload {
+            let msg = format!(
+                "response of {} bytes exceeds the session's maximum frame payload of {} bytes",
+                self.outbuf.len(),
+                self.max_payload
+            );
+            encode_response(&error(ErrorCode::TooLarge, msg), &mut self.outbuf)
+                .expect("encoding an error response");
+        }
+        loop {
+            if self.resp.try_write(FRAME_RESPONSE, 0, corr, &self.outbuf)? {
+                return Ok(());
+            }
+            // Full: publish what we have so the client can drain it, then wait.
+            self.resp.flush();
+            self.req.flush();
+            let len = self.outbuf.len() as u64;
+            let mut w = self.backoff.start();
+            loop {
+                self.check()?;
+                if self.resp.has_space(len)? {
+                    break;
+                }
+                if w.step() == Phase::Sleep && self.resp.sleep_for_space(len, SLEEP_SLICE)? {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// An error response.
+pub(crate) fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error {
+        code: code as u32,
+        message,
+    }
+}
