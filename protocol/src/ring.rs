@@ -145,6 +145,12 @@ impl RingPtr {
         }
     }
 
+    /// Address of the control block. For tools and tests that must write raw bytes
+    /// (e.g. to play a hostile peer); the ring API never needs it.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// Data capacity in bytes.
     pub fn capacity(&self) -> u64 {
         self.cap
