@@ -85,7 +85,10 @@ impl ChangeHub {
             // for the Overflow marker, so the marker always lands exactly at the gap.
             // (The writer is the only producer, so len() cannot grow behind our back.)
             if s.tx.len() + 1 < s.capacity {
-                if s.tx.try_send(ChangeEvent::Committed(batch.clone())).is_err() {
+                if s.tx
+                    .try_send(ChangeEvent::Committed(batch.clone()))
+                    .is_err()
+                {
                     return false; // disconnected
                 }
                 s.in_gap = false;

@@ -58,9 +58,4 @@ impl Hlc {
             self.last.fetch_max(remote, Ordering::AcqRel);
         }
     }
-
-    /// The greatest timestamp issued or observed so far.
-    pub fn last(&self) -> u64 {
-        self.last.load(Ordering::Acquire)
-    }
 }

@@ -269,7 +269,12 @@ impl Store {
     /// (or failed). A job is atomic: all of its ops are applied or none.
     ///
     /// Returns `Err(StoreError::Closed)` (and sends nothing) if the store is shut down.
-    pub fn submit(&self, ticket: u64, ops: Vec<WriteOp>, done: Completion) -> Result<(), StoreError> {
+    pub fn submit(
+        &self,
+        ticket: u64,
+        ops: Vec<WriteOp>,
+        done: Completion,
+    ) -> Result<(), StoreError> {
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = guard.as_ref() else {
             return Err(StoreError::Closed);
@@ -400,7 +405,9 @@ fn validate_key(key: &str, opts: &StoreOptions) -> Result<(), StoreError> {
         });
     }
     if key.contains('\0') {
-        return Err(StoreError::InvalidKey("key contains a NUL character".into()));
+        return Err(StoreError::InvalidKey(
+            "key contains a NUL character".into(),
+        ));
     }
     Ok(())
 }

@@ -210,7 +210,8 @@ impl Writer {
                     "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
                 )
                 .map_err(sql)?;
-            put.execute(params![META_SEQ, self.seq as i64]).map_err(sql)?;
+            put.execute(params![META_SEQ, self.seq as i64])
+                .map_err(sql)?;
             put.execute(params![META_HLC, self.hlc_high as i64])
                 .map_err(sql)?;
         }
