@@ -1,11 +1,13 @@
 //! The one place where committed changes are published.
 //!
 //! The writer calls [`ChangeHub::publish`] after each successful `COMMIT` with the
-//! records that transaction wrote. Every subscriber has its own bounded queue; the
-//! writer only ever `try_send`s, so a subscriber that falls behind never blocks it.
-//! Instead the subscriber's stream gets an [`ChangeEvent::Overflow`] marker at the
-//! position where committed batches were dropped, and its drop counter grows.
+//! records that transaction wrote. Every subscriber has its own queue, bounded both in
+//! batches and in bytes; the writer only ever `try_send`s, so a subscriber that falls
+//! behind never blocks it. Instead the subscriber's stream gets a
+//! [`ChangeEvent::Overflow`] marker at the position where committed batches were
+//! dropped, and its [`ChangeSubscription::dropped`] counter grows.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,25 +16,76 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::Record;
 
-/// Default queue capacity (in committed batches) of [`super::Store::subscribe`].
+/// Default queue bound in committed batches of [`super::Store::subscribe`].
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1024;
+/// Default queue bound in bytes (keys + values + per-record overhead) of
+/// [`super::Store::subscribe`].
+pub const DEFAULT_SUBSCRIPTION_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes charged per record on top of its key and value, for the byte bound.
+const RECORD_OVERHEAD: usize = 64;
 
 /// An item of a change subscription stream.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub enum ChangeEvent {
-    /// The records written by one committed transaction, in the order they were applied
-    /// (puts and tombstones; a key may appear more than once).
-    Committed(Arc<[Record]>),
+    /// The records written by one committed transaction.
+    Committed(ChangeBatch),
     /// One or more committed batches between the previous and the next `Committed`
     /// item were dropped because this subscriber's queue was full. The subscriber must
     /// resynchronise (for example re-read the keys it cares about).
     Overflow,
 }
 
+/// The records written by one committed transaction, in the order they were applied
+/// (puts and tombstones; a key may appear more than once). Dereferences to `[Record]`.
+///
+/// The batch counts against its subscriber's byte bound until it is dropped.
+#[derive(Debug)]
+pub struct ChangeBatch {
+    records: Arc<[Record]>,
+    _charge: Charge,
+}
+
+impl ChangeBatch {
+    /// The shared records (cheap to clone and keep after the batch is released).
+    pub fn records(&self) -> &Arc<[Record]> {
+        &self.records
+    }
+}
+
+impl Deref for ChangeBatch {
+    type Target = [Record];
+
+    fn deref(&self) -> &[Record] {
+        &self.records
+    }
+}
+
+impl PartialEq for ChangeBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.records == other.records
+    }
+}
+
+/// Bytes a queued batch holds against its subscriber's budget; released on drop.
+#[derive(Debug)]
+struct Charge {
+    bytes: u64,
+    owner: Arc<SubShared>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.owner
+            .queued_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// State shared between a subscription and the hub.
 #[derive(Debug, Default)]
 struct SubShared {
     dropped: AtomicU64,
+    queued_bytes: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -40,6 +93,7 @@ struct SubShared {
 struct Subscriber {
     tx: Sender<ChangeEvent>,
     capacity: usize,
+    max_bytes: u64,
     shared: Arc<SubShared>,
     /// An `Overflow` marker has been queued and no batch has been delivered since.
     in_gap: bool,
@@ -58,8 +112,9 @@ impl ChangeHub {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    /// Register a subscriber whose queue holds up to `capacity` items (at least 2).
-    pub fn subscribe(&self, capacity: usize) -> ChangeSubscription {
+    /// Register a subscriber whose queue holds up to `capacity` items (at least 2) and
+    /// `max_bytes` bytes of batches (a batch is always accepted into an empty queue).
+    pub fn subscribe(&self, capacity: usize, max_bytes: usize) -> ChangeSubscription {
         let capacity = capacity.max(2);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let shared = Arc::new(SubShared::default());
@@ -67,6 +122,7 @@ impl ChangeHub {
         subs.push(Subscriber {
             tx,
             capacity,
+            max_bytes: max_bytes as u64,
             shared: shared.clone(),
             in_gap: false,
         });
@@ -75,7 +131,11 @@ impl ChangeHub {
     }
 
     /// Deliver one committed batch to every subscriber without blocking.
-    pub fn publish(&self, batch: Arc<[Record]>) {
+    pub fn publish(&self, records: Arc<[Record]>) {
+        let bytes: u64 = records
+            .iter()
+            .map(|r| (r.key.len() + r.value.len() + RECORD_OVERHEAD) as u64)
+            .sum();
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain_mut(|s| {
             if s.shared.closed.load(Ordering::Acquire) {
@@ -83,13 +143,21 @@ impl ChangeHub {
             }
             // Batches may fill the queue only up to capacity - 1: the last slot is kept
             // for the Overflow marker, so the marker always lands exactly at the gap.
-            // (The writer is the only producer, so len() cannot grow behind our back.)
-            if s.tx.len() + 1 < s.capacity {
-                if s.tx
-                    .try_send(ChangeEvent::Committed(batch.clone()))
-                    .is_err()
-                {
-                    return false; // disconnected
+            // (The writer is the only producer, so the queue cannot grow behind our back.)
+            let queued = s.shared.queued_bytes.load(Ordering::Acquire);
+            let fits =
+                s.tx.len() + 1 < s.capacity && (queued == 0 || queued + bytes <= s.max_bytes);
+            if fits {
+                s.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                let batch = ChangeBatch {
+                    records: records.clone(),
+                    _charge: Charge {
+                        bytes,
+                        owner: s.shared.clone(),
+                    },
+                };
+                if s.tx.try_send(ChangeEvent::Committed(batch)).is_err() {
+                    return false; // disconnected (the failed batch released its charge)
                 }
                 s.in_gap = false;
             } else {
@@ -151,6 +219,11 @@ impl ChangeSubscription {
     /// How many committed batches were dropped for this subscriber so far.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Acquire)
+    }
+
+    /// Bytes of batches currently queued or held (not yet dropped) by this subscriber.
+    pub fn queued_bytes(&self) -> u64 {
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 }
 

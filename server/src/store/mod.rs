@@ -48,7 +48,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-pub use changes::{ChangeEvent, ChangeSubscription, DEFAULT_SUBSCRIPTION_CAPACITY};
+pub use changes::{
+    ChangeBatch, ChangeEvent, ChangeSubscription, DEFAULT_SUBSCRIPTION_CAPACITY,
+    DEFAULT_SUBSCRIPTION_MAX_BYTES,
+};
 pub use clock::MAX_HLC;
 pub use error::StoreError;
 pub use reader::{prefix_successor, Reader};
@@ -326,16 +329,20 @@ impl Store {
         len(&self.db_path) + len(Path::new(&wal))
     }
 
-    /// Subscribe to committed changes, with a queue of
-    /// [`DEFAULT_SUBSCRIPTION_CAPACITY`] batches.
+    /// Subscribe to committed changes, with a queue bounded by
+    /// [`DEFAULT_SUBSCRIPTION_CAPACITY`] batches and [`DEFAULT_SUBSCRIPTION_MAX_BYTES`].
     pub fn subscribe(&self) -> ChangeSubscription {
-        self.subscribe_with_capacity(DEFAULT_SUBSCRIPTION_CAPACITY)
+        self.subscribe_with_limits(
+            DEFAULT_SUBSCRIPTION_CAPACITY,
+            DEFAULT_SUBSCRIPTION_MAX_BYTES,
+        )
     }
 
-    /// Subscribe to committed changes with a queue of `capacity` batches (at least 2;
-    /// one slot is reserved for the overflow marker).
-    pub fn subscribe_with_capacity(&self, capacity: usize) -> ChangeSubscription {
-        self.shared.hub.subscribe(capacity)
+    /// Subscribe to committed changes with a queue of at most `capacity` batches (at
+    /// least 2; one slot is reserved for the overflow marker) and `max_bytes` bytes of
+    /// undropped batches (a batch always fits into an empty queue).
+    pub fn subscribe_with_limits(&self, capacity: usize, max_bytes: usize) -> ChangeSubscription {
+        self.shared.hub.subscribe(capacity, max_bytes)
     }
 
     /// Advance the clock past a remote HLC timestamp so that every later local write

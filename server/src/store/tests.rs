@@ -742,7 +742,7 @@ fn subscriber_receives_committed_changes() {
 fn stalled_subscriber_does_not_block_the_writer() {
     let dir = TestDir::new("overflow");
     let store = open(&dir);
-    let stalled = store.subscribe_with_capacity(4);
+    let stalled = store.subscribe_with_limits(4, usize::MAX);
     let live = store.subscribe();
     let start = Instant::now();
     for i in 0..50 {
@@ -1040,4 +1040,37 @@ fn acknowledged_writes_survive_kill_9() {
         .version
         .unwrap();
     assert!(v.seq > max_seq);
+}
+
+#[test]
+fn subscriber_queue_is_bounded_in_bytes() {
+    let dir = TestDir::new("overflow-bytes");
+    let store = open(&dir);
+    // Each batch: key "kN" (2 bytes) + 1000-byte value + 64 overhead = 1066 bytes.
+    let sub = store.subscribe_with_limits(1000, 4 * 1066);
+    for i in 0..10 {
+        store
+            .write(vec![put_bytes(&format!("k{i}"), &[0; 1000])])
+            .unwrap();
+    }
+    assert_eq!(sub.queued_bytes(), 4 * 1066);
+    assert_eq!(sub.dropped(), 6);
+    let evs: Vec<ChangeEvent> = std::iter::from_fn(|| sub.try_recv()).collect();
+    assert_eq!(evs.len(), 5);
+    assert_eq!(evs[4], ChangeEvent::Overflow);
+    // Received but still held batches keep counting; dropping them frees the budget.
+    assert_eq!(sub.queued_bytes(), 4 * 1066);
+    drop(evs);
+    assert_eq!(sub.queued_bytes(), 0);
+
+    // A batch larger than the whole budget is still delivered into an empty queue.
+    store.write(vec![put_bytes("huge", &[0; 10_000])]).unwrap();
+    let Some(ChangeEvent::Committed(batch)) = sub.try_recv() else {
+        panic!("expected the oversized batch");
+    };
+    assert_eq!(batch[0].key, "huge");
+    assert_eq!(batch.records().len(), 1);
+    assert_eq!(sub.queued_bytes(), 10_068);
+    drop(batch);
+    assert_eq!(sub.queued_bytes(), 0);
 }
