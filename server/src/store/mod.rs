@@ -32,6 +32,8 @@
 //! [`ChangeSubscription`] ([`Store::subscribe`]); see [`ChangeEvent`] for how a slow
 //! subscriber is handled without ever blocking the writer.
 
+#![warn(missing_docs)]
+
 mod changes;
 mod clock;
 mod error;

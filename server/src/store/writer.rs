@@ -19,8 +19,11 @@ pub const MAX_BYTES_PER_TXN: usize = 8 * 1024 * 1024;
 
 /// One queued write job (already validated).
 pub struct Job {
+    /// Caller's ticket, echoed in the completion.
     pub ticket: u64,
+    /// The ops, applied in order, all or none.
     pub ops: Vec<WriteOp>,
+    /// Where the completion goes.
     pub done: Completion,
     /// Sum of key and value lengths, for batch sizing.
     pub bytes: usize,
@@ -29,16 +32,24 @@ pub struct Job {
 /// Counters behind [`StoreStats`].
 #[derive(Debug, Default)]
 pub struct StatCounters {
+    /// See [`StoreStats::transactions`].
     pub transactions: AtomicU64,
+    /// See [`StoreStats::jobs`].
     pub jobs: AtomicU64,
+    /// See [`StoreStats::ops`].
     pub ops: AtomicU64,
+    /// See [`StoreStats::failed_jobs`].
     pub failed_jobs: AtomicU64,
+    /// See [`StoreStats::rejected_jobs`].
     pub rejected_jobs: AtomicU64,
+    /// See [`StoreStats::commit_failures`].
     pub commit_failures: AtomicU64,
+    /// See [`StoreStats::max_jobs_per_transaction`].
     pub max_jobs_per_transaction: AtomicU64,
 }
 
 impl StatCounters {
+    /// A consistent-enough copy of the counters (each read independently).
     pub fn snapshot(&self) -> StoreStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreStats {
@@ -56,9 +67,13 @@ impl StatCounters {
 /// State shared by the `Store` handle and the writer thread.
 #[derive(Debug)]
 pub struct Shared {
+    /// This store's replica id.
     pub replica: ReplicaId,
+    /// The hybrid logical clock (ticked by the writer, observed by replication).
     pub clock: Hlc,
+    /// Publication point of committed changes.
     pub hub: ChangeHub,
+    /// Writer counters.
     pub stats: StatCounters,
 }
 
@@ -77,6 +92,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer continuing after local sequence number `seq` and stored HLC `hlc_high`.
     pub fn new(
         conn: Connection,
         rx: Receiver<Job>,
