@@ -1,0 +1,438 @@
+//! The storage engine: records with CRDT versions in SQLite (WAL), one group-committing
+//! writer thread, lock-free-for-readers read connections, and the single publication
+//! point for committed changes.
+//!
+//! # Model
+//!
+//! A record maps a key (non-empty UTF-8 without NUL, at most
+//! [`StoreOptions::max_key_len`] bytes) to a value tagged [`ValueKind::Json`] (validated
+//! on put) or [`ValueKind::Bytes`]. Every write stamps a [`Version`]: a hybrid logical
+//! clock timestamp, this store's replica id and the replica's write sequence number.
+//! A delete keeps the row as a tombstone (empty value, `deleted = 1`, new version), so
+//! replication can later merge by "greatest `(hlc, replica)` wins", deletes included.
+//!
+//! # Writes
+//!
+//! [`Store::submit`] validates a job on the caller's thread (nothing invalid reaches
+//! SQLite) and queues it. The writer thread blocks for the first job, drains what else is
+//! queued (up to [`MAX_JOBS_PER_TXN`] jobs or [`MAX_BYTES_PER_TXN`] bytes), applies them
+//! in one transaction with one `SAVEPOINT` per job (a failing job rolls back alone; a job
+//! is all-or-nothing), commits, and only then sends each completion. WAL with
+//! `synchronous=NORMAL` makes a committed transaction survive a crash (`kill -9`) of the
+//! process, so "acknowledged" means "durable against a process crash".
+//!
+//! # Reads
+//!
+//! [`Store::reader`] opens a separate read-only connection; in WAL mode readers never
+//! wait for the writer.
+//!
+//! # Change publication
+//!
+//! After each `COMMIT` the writer publishes the written records to every
+//! [`ChangeSubscription`] ([`Store::subscribe`]); see [`ChangeEvent`] for how a slow
+//! subscriber is handled without ever blocking the writer.
+
+#![warn(missing_docs)]
+
+mod changes;
+mod clock;
+mod error;
+mod reader;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+
+pub use changes::{
+    ChangeBatch, ChangeEvent, ChangeSubscription, DEFAULT_SUBSCRIPTION_CAPACITY,
+    DEFAULT_SUBSCRIPTION_MAX_BYTES,
+};
+pub use clock::MAX_HLC;
+pub use error::StoreError;
+pub use reader::{prefix_successor, Reader};
+pub use schema::SCHEMA_VERSION;
+pub use writer::{MAX_BYTES_PER_TXN, MAX_JOBS_PER_TXN};
+
+use writer::{Job, Shared, StatCounters, Writer};
+
+/// Name of the SQLite database file inside the data directory.
+pub const DB_FILE: &str = "ringbase.db";
+
+/// A replica id: 16 random bytes created once per data directory.
+pub type ReplicaId = [u8; 16];
+
+/// The CRDT version of a record: ordered by `(hlc, replica, seq)`; merge keeps the
+/// greatest. `(replica, seq)` is the dot of the write that produced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// Hybrid logical clock timestamp: `(unix millis << 16) | logical counter`.
+    pub hlc: u64,
+    /// The replica that made the write.
+    pub replica: ReplicaId,
+    /// That replica's write sequence number (starts at 1, monotonic, persisted).
+    pub seq: u64,
+}
+
+/// How a value is to be interpreted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ValueKind {
+    /// UTF-8 JSON text, validated on put.
+    Json = 1,
+    /// Opaque bytes.
+    Bytes = 2,
+}
+
+impl TryFrom<u8> for ValueKind {
+    type Error = StoreError;
+
+    fn try_from(tag: u8) -> Result<Self, Self::Error> {
+        match tag {
+            1 => Ok(ValueKind::Json),
+            2 => Ok(ValueKind::Bytes),
+            other => Err(StoreError::InvalidKind(other)),
+        }
+    }
+}
+
+/// A stored record (as read, or as published in a change event).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The key.
+    pub key: String,
+    /// The value bytes (empty for a tombstone).
+    pub value: Vec<u8>,
+    /// How to interpret `value`.
+    pub kind: ValueKind,
+    /// The version of the write that produced this state.
+    pub version: Version,
+    /// Wall-clock time of that write, unix milliseconds.
+    pub updated_at_ms: u64,
+    /// True for a tombstone (only seen in change events; reads return live records).
+    pub deleted: bool,
+}
+
+/// One operation of a write job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOp {
+    /// Insert or replace the record under `key`.
+    Put {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: Vec<u8>,
+        /// The value's kind (`Json` values must parse).
+        kind: ValueKind,
+    },
+    /// Delete the record under `key` (leaves a tombstone if it was live).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl WriteOp {
+    /// The key this op writes.
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+        }
+    }
+}
+
+/// The result of one op of a committed job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteOutcome {
+    /// The new version; `None` for a delete of a missing or already-deleted key
+    /// (nothing was written).
+    pub version: Option<Version>,
+    /// Whether a live record existed under the key before this op.
+    pub existed: bool,
+}
+
+/// Limits applied when validating writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Maximum key length in bytes (default 1024).
+    pub max_key_len: usize,
+    /// Maximum value length in bytes (default 1 MiB).
+    pub max_value_len: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_key_len: 1024,
+            max_value_len: 1024 * 1024,
+        }
+    }
+}
+
+/// Counters of the writer, for tests and benchmarks (monotonic since open).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Jobs taken by the writer (committed, failed, or lost to a failed commit).
+    pub jobs: u64,
+    /// Ops in successfully committed jobs.
+    pub ops: u64,
+    /// Jobs that failed inside the writer (SQLite error, or their transaction failed).
+    pub failed_jobs: u64,
+    /// Jobs rejected by validation before reaching the writer.
+    pub rejected_jobs: u64,
+    /// Transactions that failed as a whole (BEGIN/COMMIT or a fatal SQLite error).
+    pub commit_failures: u64,
+    /// The most jobs ever grouped into one transaction.
+    pub max_jobs_per_transaction: u64,
+}
+
+/// Where a job's completion `(ticket, result)` is sent. The writer calls `send`, so use
+/// an unbounded channel (or one with room for every outstanding job): a full bounded
+/// channel would stall the writer.
+pub type Completion = Sender<(u64, Result<Vec<WriteOutcome>, StoreError>)>;
+
+/// The storage engine handle. `Send + Sync`: share it as `Arc<Store>`.
+pub struct Store {
+    data_dir: PathBuf,
+    db_path: PathBuf,
+    opts: StoreOptions,
+    shared: Arc<Shared>,
+    /// `None` once shut down. Submitters hold the read lock while sending, so after
+    /// `shutdown` takes the write lock no job can slip in behind the writer's exit.
+    tx: RwLock<Option<Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.data_dir)
+            .field("replica", &self.shared.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `data_dir`: creates the directory (mode
+    /// 0700 on Unix), the database file [`DB_FILE`], the replica id, runs migrations and
+    /// starts the writer thread.
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        create_dir_private(data_dir)?;
+        let db_path = data_dir.join(DB_FILE);
+        let conn = schema::open_writer(&db_path)?;
+        let replica = schema::load_or_create_replica(&conn)?;
+        let seq = schema::meta_u64(&conn, schema::META_SEQ)?;
+        let hlc_high = schema::meta_u64(&conn, schema::META_HLC)?;
+        let shared = Arc::new(Shared {
+            replica,
+            clock: clock::Hlc::new(hlc_high),
+            hub: changes::ChangeHub::default(),
+            stats: StatCounters::default(),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = Writer::new(conn, rx, shared.clone(), seq, hlc_high);
+        let handle = std::thread::Builder::new()
+            .name("ringbase-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::from)?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            db_path,
+            opts,
+            shared,
+            tx: RwLock::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// This store's persistent replica id.
+    pub fn replica_id(&self) -> ReplicaId {
+        self.shared.replica
+    }
+
+    /// The data directory this store was opened on.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The limits this store validates writes against.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// Queue a write job without blocking. The ops are validated here first; an invalid
+    /// job stores nothing and its error is sent on `done` right away. Otherwise
+    /// `(ticket, result)` is sent on `done` after the job's transaction has committed
+    /// (or failed). A job is atomic: all of its ops are applied or none.
+    ///
+    /// Returns `Err(StoreError::Closed)` (and sends nothing) if the store is shut down.
+    pub fn submit(
+        &self,
+        ticket: u64,
+        ops: Vec<WriteOp>,
+        done: Completion,
+    ) -> Result<(), StoreError> {
+        let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Err(StoreError::Closed);
+        };
+        let bytes = match validate(&ops, &self.opts) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.shared
+                    .stats
+                    .rejected_jobs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = done.send((ticket, Err(e)));
+                return Ok(());
+            }
+        };
+        if ops.is_empty() {
+            let _ = done.send((ticket, Ok(Vec::new())));
+            return Ok(());
+        }
+        tx.send(Job {
+            ticket,
+            ops,
+            done,
+            bytes,
+        })
+        .map_err(|_| StoreError::Closed)
+    }
+
+    /// Submit a job and wait for its completion.
+    pub fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let (done, rx) = crossbeam_channel::bounded(1);
+        self.submit(0, ops, done)?;
+        rx.recv().map_err(|_| StoreError::Closed)?.1
+    }
+
+    /// Open a read connection (one per client session).
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        if self.tx.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(Reader::new(schema::open_reader(&self.db_path)?))
+    }
+
+    /// Size on disk of the database file plus its WAL, in bytes.
+    pub fn db_size_bytes(&self) -> u64 {
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.db_path.clone().into_os_string();
+        wal.push("-wal");
+        len(&self.db_path) + len(Path::new(&wal))
+    }
+
+    /// Subscribe to committed changes, with a queue bounded by
+    /// [`DEFAULT_SUBSCRIPTION_CAPACITY`] batches and [`DEFAULT_SUBSCRIPTION_MAX_BYTES`].
+    pub fn subscribe(&self) -> ChangeSubscription {
+        self.subscribe_with_limits(
+            DEFAULT_SUBSCRIPTION_CAPACITY,
+            DEFAULT_SUBSCRIPTION_MAX_BYTES,
+        )
+    }
+
+    /// Subscribe to committed changes with a queue of at most `capacity` batches (at
+    /// least 2; one slot is reserved for the overflow marker) and `max_bytes` bytes of
+    /// undropped batches (a batch always fits into an empty queue).
+    pub fn subscribe_with_limits(&self, capacity: usize, max_bytes: usize) -> ChangeSubscription {
+        self.shared.hub.subscribe(capacity, max_bytes)
+    }
+
+    /// Advance the clock past a remote HLC timestamp so that every later local write
+    /// has a greater `hlc`. Values above [`MAX_HLC`] are ignored.
+    pub fn observe_hlc(&self, remote: u64) {
+        self.shared.clock.observe(remote);
+    }
+
+    /// Writer counters.
+    pub fn stats(&self) -> StoreStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stop accepting writes, let the writer apply every job already queued, checkpoint
+    /// the WAL (`TRUNCATE`) and stop the writer thread. Subscriptions end. Idempotent;
+    /// also done on drop.
+    pub fn shutdown(&self) {
+        self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Check every op of a job against the key rules, JSON validity and size limits.
+/// Returns the job's payload size in bytes.
+fn validate(ops: &[WriteOp], opts: &StoreOptions) -> Result<usize, StoreError> {
+    let mut bytes = 0;
+    for op in ops {
+        let key = op.key();
+        validate_key(key, opts)?;
+        bytes += key.len();
+        if let WriteOp::Put { value, kind, .. } = op {
+            if value.len() > opts.max_value_len {
+                return Err(StoreError::TooLarge {
+                    what: "value",
+                    len: value.len(),
+                    max: opts.max_value_len,
+                });
+            }
+            if *kind == ValueKind::Json {
+                serde_json::from_slice::<serde_json::Value>(value)
+                    .map_err(|e| StoreError::InvalidJson(format!("key {key:?}: {e}")))?;
+            }
+            bytes += value.len();
+        }
+    }
+    Ok(bytes)
+}
+
+fn validate_key(key: &str, opts: &StoreOptions) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey("key is empty".into()));
+    }
+    if key.len() > opts.max_key_len {
+        return Err(StoreError::TooLarge {
+            what: "key",
+            len: key.len(),
+            max: opts.max_key_len,
+        });
+    }
+    if key.contains('\0') {
+        return Err(StoreError::InvalidKey(
+            "key contains a NUL character".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))
+}
+
+#[cfg(not(unix))]
+fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))
+}

@@ -1,0 +1,155 @@
+//! Read connections: one per client session, never queued behind the writer (WAL).
+
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::error::StoreError;
+use super::{Record, ValueKind, Version};
+
+const COLS: &str = "key, value, kind, hlc, replica, seq, updated_at";
+
+/// A read-only connection to the store. Each method runs in its own implicit read
+/// transaction, so it sees every write whose completion was sent before it started.
+///
+/// `Reader` is `Send` (move it to a session thread) but not `Sync`.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub(super) fn new(conn: Connection) -> Reader {
+        Reader { conn }
+    }
+
+    /// The live record under `key`, or `None` if there is none (or it was deleted).
+    pub fn get(&mut self, key: &str) -> Result<Option<Record>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLS} FROM records WHERE key = ?1 AND deleted = 0"
+        ))?;
+        stmt.query_row([key], row_to_record)
+            .optional()
+            .map_err(StoreError::from)
+    }
+
+    /// Live records whose key starts with `prefix` and (if given) is greater than
+    /// `start_after`, in ascending key order (bytewise UTF-8, i.e. `str` order), at most
+    /// `limit` of them. The flag is true if more such records follow the last one
+    /// returned, so the next page is `list(prefix, Some(last_key), limit)`.
+    ///
+    /// This is an index range scan `key >= prefix AND key < successor(prefix)`.
+    pub fn list(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<Record>, bool), StoreError> {
+        // One lower bound, so SQLite seeks straight to it: the tighter of the two.
+        let (lower, exclusive) = match start_after {
+            Some(after) if after >= prefix => (after, true),
+            _ => (prefix, false),
+        };
+        let upper = prefix_successor(prefix);
+        let lower_op = if exclusive { ">" } else { ">=" };
+        let upper_clause = if upper.is_some() { "AND key < ?3" } else { "" };
+        let sql = format!(
+            "SELECT {COLS} FROM records WHERE key {lower_op} ?1 {upper_clause} \
+             AND deleted = 0 ORDER BY key LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let fetch = i64::from(limit) + 1;
+        let mut rows = match &upper {
+            Some(up) => stmt.query(rusqlite::params![lower, fetch, up])?,
+            None => stmt.query(rusqlite::params![lower, fetch])?,
+        };
+        let mut out = Vec::with_capacity((limit as usize).min(1024));
+        let mut more = false;
+        while let Some(row) = rows.next()? {
+            if out.len() == limit as usize {
+                more = true;
+                break;
+            }
+            out.push(row_to_record(row)?);
+        }
+        Ok((out, more))
+    }
+
+    /// Number of live records, all of them or those whose key starts with `prefix`.
+    pub fn count(&mut self, prefix: Option<&str>) -> Result<u64, StoreError> {
+        let n: i64 = match prefix {
+            None | Some("") => self
+                .conn
+                .prepare_cached("SELECT count(*) FROM records WHERE deleted = 0")?
+                .query_row([], |r| r.get(0))?,
+            Some(p) => match prefix_successor(p) {
+                Some(up) => self
+                    .conn
+                    .prepare_cached(
+                        "SELECT count(*) FROM records WHERE key >= ?1 AND key < ?2 \
+                         AND deleted = 0",
+                    )?
+                    .query_row([p, up.as_str()], |r| r.get(0))?,
+                None => self
+                    .conn
+                    .prepare_cached("SELECT count(*) FROM records WHERE key >= ?1 AND deleted = 0")?
+                    .query_row([p], |r| r.get(0))?,
+            },
+        };
+        Ok(n as u64)
+    }
+}
+
+/// Decode a row selected as `COLS` (live rows only: `deleted` is false).
+fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
+    let kind_tag: i64 = row.get(2)?;
+    let kind = u8::try_from(kind_tag)
+        .ok()
+        .and_then(|k| ValueKind::try_from(k).ok())
+        .ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Integer,
+                format!("unknown value kind {kind_tag}").into(),
+            )
+        })?;
+    let replica: Vec<u8> = row.get(4)?;
+    let replica = replica.as_slice().try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Blob,
+            format!("replica id has {} bytes", replica.len()).into(),
+        )
+    })?;
+    Ok(Record {
+        key: row.get(0)?,
+        value: row.get(1)?,
+        kind,
+        version: Version {
+            hlc: row.get::<_, i64>(3)? as u64,
+            replica,
+            seq: row.get::<_, i64>(5)? as u64,
+        },
+        updated_at_ms: row.get::<_, i64>(6)? as u64,
+        deleted: false,
+    })
+}
+
+/// The smallest string greater than every string that starts with `prefix`, or `None`
+/// if there is none (empty prefix, or one made only of `char::MAX`).
+///
+/// UTF-8 bytewise order equals code point order, so it suffices to replace the last
+/// char that is not `char::MAX` by the next valid char (skipping surrogates) and drop
+/// everything after it. The result is always valid UTF-8, so it binds as TEXT and
+/// compares with the `key` column under BINARY collation.
+pub fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut s = prefix.to_owned();
+    while let Some(c) = s.pop() {
+        let next = match c {
+            char::MAX => continue,
+            '\u{D7FF}' => '\u{E000}',
+            c => char::from_u32(c as u32 + 1).expect("next char of a non-surrogate"),
+        };
+        s.push(next);
+        return Some(s);
+    }
+    None
+}

@@ -1,0 +1,148 @@
+//! Connection setup (pragmas), schema migrations and the `meta` table.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::error::StoreError;
+use super::ReplicaId;
+
+/// Memory-map at most this much of the database file (RSS matters more than the last
+/// few percent of read speed).
+const MMAP_SIZE: i64 = 256 * 1024 * 1024;
+/// Page cache of the writer connection, in KiB (negative pragma value).
+const WRITER_CACHE_KIB: i64 = 64_000;
+/// Page cache of each reader connection, in KiB.
+const READER_CACHE_KIB: i64 = 8_000;
+/// After a checkpoint, truncate the WAL file to at most this many bytes.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// How long a connection waits for a lock before reporting `SQLITE_BUSY`.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Schema migrations; migration `i` (0-based) brings the schema to version `i + 1`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // v1: records keyed (and clustered) by key for ordered range scans; meta key/value.
+    "CREATE TABLE records(
+        key        TEXT    NOT NULL PRIMARY KEY,
+        value      BLOB    NOT NULL,
+        kind       INTEGER NOT NULL,
+        hlc        INTEGER NOT NULL,
+        replica    BLOB    NOT NULL,
+        seq        INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        deleted    INTEGER NOT NULL DEFAULT 0
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE meta(k TEXT NOT NULL PRIMARY KEY, v BLOB) WITHOUT ROWID;",
+];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// `meta` key of the persistent replica id (16-byte blob).
+pub const META_REPLICA: &str = "replica_id";
+/// `meta` key of the last local write sequence number used.
+pub const META_SEQ: &str = "seq";
+/// `meta` key of the highest HLC stored in `records`.
+pub const META_HLC: &str = "hlc_high";
+
+/// Open the writer connection, set its pragmas and run pending migrations.
+pub fn open_writer(db: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    // page_size only takes effect on a new database, before WAL mode is entered.
+    conn.pragma_update(None, "page_size", 4096)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite(format!(
+            "could not enable WAL journal mode (got {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    set_mmap(&conn)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Open a read-only connection for a [`super::Reader`].
+pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+    conn.pragma_update(None, "query_only", true)?;
+    set_mmap(&conn)?;
+    Ok(conn)
+}
+
+fn set_mmap(conn: &Connection) -> Result<(), StoreError> {
+    // The pragma returns the new value as a row; read it so the statement runs to completion.
+    let _: Option<i64> = conn
+        .query_row(&format!("PRAGMA mmap_size={MMAP_SIZE}"), [], |r| r.get(0))
+        .optional()?;
+    Ok(())
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`]; refuse databases from a newer build.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as u32 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+    }
+    Ok(())
+}
+
+/// Read an integer from `meta` (0 if absent).
+pub fn meta_u64(conn: &Connection, k: &str) -> Result<u64, StoreError> {
+    let v: Option<i64> = conn
+        .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+        .optional()
+        .map_err(|e| StoreError::Corrupt(format!("meta {k}: {e}")))?;
+    Ok(v.unwrap_or(0) as u64)
+}
+
+/// Load the replica id, creating (and persisting) a random one on first open.
+pub fn load_or_create_replica(conn: &Connection) -> Result<ReplicaId, StoreError> {
+    let existing: Option<Vec<u8>> = conn
+        .query_row("SELECT v FROM meta WHERE k = ?1", [META_REPLICA], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| StoreError::Corrupt(format!("replica id: {e}")))?;
+    match existing {
+        Some(v) => v.as_slice().try_into().map_err(|_| {
+            StoreError::Corrupt(format!("replica id has {} bytes, expected 16", v.len()))
+        }),
+        None => {
+            let id: ReplicaId = rand::random();
+            conn.execute(
+                "INSERT INTO meta(k, v) VALUES (?1, ?2)",
+                rusqlite::params![META_REPLICA, &id[..]],
+            )?;
+            Ok(id)
+        }
+    }
+}

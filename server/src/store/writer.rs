@@ -1,0 +1,345 @@
+//! The single writer thread: group commit with one SAVEPOINT per job.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::changes::ChangeHub;
+use super::clock::{now_ms, Hlc};
+use super::error::StoreError;
+use super::schema::{META_HLC, META_SEQ};
+use super::{Completion, Record, ReplicaId, StoreStats, Version, WriteOp, WriteOutcome};
+
+/// At most this many jobs go into one transaction.
+pub const MAX_JOBS_PER_TXN: usize = 1024;
+/// Stop draining more jobs into a transaction once it carries this many key+value bytes.
+pub const MAX_BYTES_PER_TXN: usize = 8 * 1024 * 1024;
+
+/// One queued write job (already validated).
+pub struct Job {
+    /// Caller's ticket, echoed in the completion.
+    pub ticket: u64,
+    /// The ops, applied in order, all or none.
+    pub ops: Vec<WriteOp>,
+    /// Where the completion goes.
+    pub done: Completion,
+    /// Sum of key and value lengths, for batch sizing.
+    pub bytes: usize,
+}
+
+/// Counters behind [`StoreStats`].
+#[derive(Debug, Default)]
+pub struct StatCounters {
+    /// See [`StoreStats::transactions`].
+    pub transactions: AtomicU64,
+    /// See [`StoreStats::jobs`].
+    pub jobs: AtomicU64,
+    /// See [`StoreStats::ops`].
+    pub ops: AtomicU64,
+    /// See [`StoreStats::failed_jobs`].
+    pub failed_jobs: AtomicU64,
+    /// See [`StoreStats::rejected_jobs`].
+    pub rejected_jobs: AtomicU64,
+    /// See [`StoreStats::commit_failures`].
+    pub commit_failures: AtomicU64,
+    /// See [`StoreStats::max_jobs_per_transaction`].
+    pub max_jobs_per_transaction: AtomicU64,
+}
+
+impl StatCounters {
+    /// A consistent-enough copy of the counters (each read independently).
+    pub fn snapshot(&self) -> StoreStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            transactions: l(&self.transactions),
+            jobs: l(&self.jobs),
+            ops: l(&self.ops),
+            failed_jobs: l(&self.failed_jobs),
+            rejected_jobs: l(&self.rejected_jobs),
+            commit_failures: l(&self.commit_failures),
+            max_jobs_per_transaction: l(&self.max_jobs_per_transaction),
+        }
+    }
+}
+
+/// State shared by the `Store` handle and the writer thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// This store's replica id.
+    pub replica: ReplicaId,
+    /// The hybrid logical clock (ticked by the writer, observed by replication).
+    pub clock: Hlc,
+    /// Publication point of committed changes.
+    pub hub: ChangeHub,
+    /// Writer counters.
+    pub stats: StatCounters,
+}
+
+/// An error that leaves the enclosing transaction unusable: every job in it fails.
+struct Fatal(StoreError);
+
+/// The writer thread's state.
+pub struct Writer {
+    conn: Connection,
+    rx: Receiver<Job>,
+    shared: Arc<Shared>,
+    /// Last local sequence number used (committed or inside the open transaction).
+    seq: u64,
+    /// Highest HLC written (committed or inside the open transaction).
+    hlc_high: u64,
+}
+
+impl Writer {
+    /// A writer continuing after local sequence number `seq` and stored HLC `hlc_high`.
+    pub fn new(
+        conn: Connection,
+        rx: Receiver<Job>,
+        shared: Arc<Shared>,
+        seq: u64,
+        hlc_high: u64,
+    ) -> Writer {
+        Writer {
+            conn,
+            rx,
+            shared,
+            seq,
+            hlc_high,
+        }
+    }
+
+    /// Apply jobs until every sender is gone and the queue is drained, then checkpoint.
+    pub fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut bytes = first.bytes;
+            let mut batch = vec![first];
+            while batch.len() < MAX_JOBS_PER_TXN && bytes < MAX_BYTES_PER_TXN {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        bytes += job.bytes;
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.apply_batch(batch);
+        }
+        // Fold the WAL back into the main file and truncate it; errors here only cost
+        // a longer recovery on next open.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.shared.hub.close_all();
+    }
+
+    fn apply_batch(&mut self, batch: Vec<Job>) {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .max_jobs_per_transaction
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        let (seq0, hlc0) = (self.seq, self.hlc_high);
+        let mut events = self.shared.hub.has_subscribers().then(Vec::new);
+        let results = match self.transaction(&batch, &mut events) {
+            Ok(results) => {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                results
+            }
+            Err(Fatal(e)) => {
+                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                (self.seq, self.hlc_high) = (seq0, hlc0);
+                events = None;
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        let mut ops = 0u64;
+        for (job, result) in batch.into_iter().zip(results) {
+            match &result {
+                Ok(outs) => ops += outs.len() as u64,
+                Err(_) => {
+                    stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // The receiver may be gone (client disconnected): nothing to tell then.
+            let _ = job.done.send((job.ticket, result));
+        }
+        stats.ops.fetch_add(ops, Ordering::Relaxed);
+        if let Some(events) = events.filter(|e| !e.is_empty()) {
+            self.shared.hub.publish(events.into());
+        }
+    }
+
+    /// Run all jobs in one transaction; `Ok` only once COMMIT has returned.
+    #[allow(clippy::type_complexity)]
+    fn transaction(
+        &mut self,
+        batch: &[Job],
+        events: &mut Option<Vec<Record>>,
+    ) -> Result<Vec<Result<Vec<WriteOutcome>, StoreError>>, Fatal> {
+        let sql = |e: rusqlite::Error| Fatal(e.into());
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+        let seq0 = self.seq;
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch {
+            let (seq, hlc) = (self.seq, self.hlc_high);
+            let n_events = events.as_ref().map_or(0, Vec::len);
+            self.conn
+                .prepare_cached("SAVEPOINT job")
+                .and_then(|mut s| s.execute([]))
+                .map_err(sql)?;
+            match self.apply_ops(&job.ops, events) {
+                Ok(outs) => {
+                    self.conn
+                        .prepare_cached("RELEASE job")
+                        .and_then(|mut s| s.execute([]))
+                        .map_err(sql)?;
+                    results.push(Ok(outs));
+                }
+                Err(e) => {
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled back the whole transaction (I/O error, disk full...).
+                        return Err(Fatal(e.into()));
+                    }
+                    self.conn
+                        .prepare_cached("ROLLBACK TO job")
+                        .and_then(|mut s| s.execute([]))
+                        .and_then(|_| self.conn.prepare_cached("RELEASE job"))
+                        .and_then(|mut s| s.execute([]))
+                        .map_err(sql)?;
+                    (self.seq, self.hlc_high) = (seq, hlc);
+                    if let Some(ev) = events.as_mut() {
+                        ev.truncate(n_events);
+                    }
+                    results.push(Err(e.into()));
+                }
+            }
+        }
+        if self.seq != seq0 {
+            let mut put = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                )
+                .map_err(sql)?;
+            put.execute(params![META_SEQ, self.seq as i64])
+                .map_err(sql)?;
+            put.execute(params![META_HLC, self.hlc_high as i64])
+                .map_err(sql)?;
+        }
+        self.conn.execute_batch("COMMIT").map_err(sql)?;
+        Ok(results)
+    }
+
+    fn next_version(&mut self) -> Version {
+        self.seq += 1;
+        let hlc = self.shared.clock.tick();
+        self.hlc_high = self.hlc_high.max(hlc);
+        Version {
+            hlc,
+            replica: self.shared.replica,
+            seq: self.seq,
+        }
+    }
+
+    /// Apply one job's ops inside the current savepoint.
+    fn apply_ops(
+        &mut self,
+        ops: &[WriteOp],
+        events: &mut Option<Vec<Record>>,
+    ) -> Result<Vec<WriteOutcome>, rusqlite::Error> {
+        let mut outs = Vec::with_capacity(ops.len());
+        for op in ops {
+            let key = op.key();
+            // (deleted, kind) of the current row, if any.
+            let prev: Option<(bool, i64)> = self
+                .conn
+                .prepare_cached("SELECT deleted, kind FROM records WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)))
+                .optional()?;
+            let existed = matches!(prev, Some((false, _)));
+            let updated_at_ms = now_ms();
+            match op {
+                WriteOp::Put { key, value, kind } => {
+                    let version = self.next_version();
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO records(key, value, kind, hlc, replica, seq, updated_at, deleted)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
+                             ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+                               kind = excluded.kind, hlc = excluded.hlc, replica = excluded.replica,
+                               seq = excluded.seq, updated_at = excluded.updated_at, deleted = 0",
+                        )?
+                        .execute(params![
+                            key,
+                            value,
+                            *kind as u8,
+                            version.hlc as i64,
+                            &version.replica[..],
+                            version.seq as i64,
+                            updated_at_ms as i64,
+                        ])?;
+                    if let Some(ev) = events.as_mut() {
+                        ev.push(Record {
+                            key: key.clone(),
+                            value: value.clone(),
+                            kind: *kind,
+                            version,
+                            updated_at_ms,
+                            deleted: false,
+                        });
+                    }
+                    outs.push(WriteOutcome {
+                        version: Some(version),
+                        existed,
+                    });
+                }
+                WriteOp::Delete { key } => {
+                    let Some((false, kind_tag)) = prev else {
+                        outs.push(WriteOutcome {
+                            version: None,
+                            existed: false,
+                        });
+                        continue;
+                    };
+                    let version = self.next_version();
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE records SET value = x'', hlc = ?2, replica = ?3, seq = ?4,
+                               updated_at = ?5, deleted = 1 WHERE key = ?1",
+                        )?
+                        .execute(params![
+                            key,
+                            version.hlc as i64,
+                            &version.replica[..],
+                            version.seq as i64,
+                            updated_at_ms as i64,
+                        ])?;
+                    if let Some(ev) = events.as_mut() {
+                        let kind = u8::try_from(kind_tag)
+                            .ok()
+                            .and_then(|k| super::ValueKind::try_from(k).ok())
+                            .unwrap_or(super::ValueKind::Bytes);
+                        ev.push(Record {
+                            key: key.clone(),
+                            value: Vec::new(),
+                            kind,
+                            version,
+                            updated_at_ms,
+                            deleted: true,
+                        });
+                    }
+                    outs.push(WriteOutcome {
+                        version: Some(version),
+                        existed: true,
+                    });
+                }
+            }
+        }
+        Ok(outs)
+    }
+}
