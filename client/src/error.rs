@@ -48,7 +48,7 @@ pub enum Error {
         max: u64,
     },
     /// The server answered the request with an error; nothing was changed.
-    #[error("server error {code:?}: {message}")]
+    #[error("{message}")]
     Server {
         /// the error code (`None` if this client does not know the server's code)
         code: Option<ErrorCode>,

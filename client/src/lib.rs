@@ -18,11 +18,15 @@
 
 mod client;
 mod error;
+mod records;
+mod spawn;
 
 pub use client::{Client, ConnectOptions};
 pub use error::{Error, Result};
+pub use records::{ListPage, ValueView, MAX_KEY_LEN};
 pub use ringbase_protocol::handshake::WaitMode;
 pub use ringbase_protocol::layout::RingSizes;
 pub use ringbase_protocol::message::{
     BatchOp, ErrorCode, Record, Request, Response, StatusInfo, ValueKind, Version,
 };
+pub use spawn::SpawnOptions;

@@ -25,6 +25,19 @@ pub enum ValueKind {
     Bytes = 2,
 }
 
+impl TryFrom<u8> for ValueKind {
+    /// The unknown tag.
+    type Error = u8;
+
+    fn try_from(tag: u8) -> Result<Self, u8> {
+        match tag {
+            1 => Ok(ValueKind::Json),
+            2 => Ok(ValueKind::Bytes),
+            other => Err(other),
+        }
+    }
+}
+
 impl ValueKind {
     /// The owned kind of an archived one.
     pub fn from_archived(a: &ArchivedValueKind) -> ValueKind {
@@ -36,8 +49,11 @@ impl ValueKind {
 }
 
 /// The version of a record: the CRDT coordinates of the write that made it.
-/// Ordered by `(hlc, replica)`; `seq` is that replica's write counter.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Ordered by `(hlc, replica, seq)` (field order); merge keeps the greatest, and
+/// `(replica, seq)` is the dot of the write that made it.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
 pub struct Version {
     /// Hybrid logical clock: unix milliseconds << 16 | logical counter.

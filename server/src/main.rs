@@ -44,6 +44,54 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         name: String,
     },
+    /// Write a record: a JSON value, or raw bytes from a file.
+    Put {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Key (UTF-8, at most 1024 bytes).
+        key: String,
+        /// JSON value (validated by the server).
+        #[arg(required_unless_present = "bytes_file", conflicts_with = "bytes_file")]
+        json: Option<String>,
+        /// Store this file's bytes as a raw-bytes value instead.
+        #[arg(long)]
+        bytes_file: Option<PathBuf>,
+    },
+    /// Print a record's value (a missing key exits 1).
+    Get {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// Delete a record.
+    Delete {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// List records in key order, one JSON object per line.
+    List {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Server status as JSON.
+    Status {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +104,20 @@ fn main() -> ExitCode {
             allow_uids,
         } => serve(name, data_dir, max_sessions, allow_uids),
         Cmd::Ping { name } => cli::ping(&name),
+        Cmd::Put {
+            name,
+            key,
+            json,
+            bytes_file,
+        } => cli::put(&name, &key, json.as_deref(), bytes_file.as_deref()),
+        Cmd::Get { name, key } => cli::get(&name, &key),
+        Cmd::Delete { name, key } => cli::delete(&name, &key),
+        Cmd::List {
+            name,
+            prefix,
+            limit,
+        } => cli::list(&name, &prefix, limit),
+        Cmd::Status { name } => cli::status(&name),
     }
 }
 
@@ -90,7 +152,10 @@ fn serve(
     let engine = match Engine::open(data_dir.clone()) {
         Ok(e) => Arc::new(e),
         Err(e) => {
-            eprintln!("ringbase: cannot open data dir {}: {e}", data_dir.display());
+            eprintln!(
+                "ringbase: cannot open the database in {}: {e}",
+                data_dir.display()
+            );
             return ExitCode::from(1);
         }
     };

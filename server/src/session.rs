@@ -110,7 +110,7 @@ pub(crate) fn run(args: SessionArgs) {
         }
     };
 
-    let engine_session = shared.engine.open_session();
+    let engine_session = shared.engine.open_session(segment.geometry().max_payload);
     let result = match engine_session {
         Ok(es) => {
             let backoff = match wait {

@@ -68,39 +68,7 @@ pub const DB_FILE: &str = "ringbase.db";
 /// A replica id: 16 random bytes created once per data directory.
 pub type ReplicaId = [u8; 16];
 
-/// The CRDT version of a record: ordered by `(hlc, replica, seq)`; merge keeps the
-/// greatest. `(replica, seq)` is the dot of the write that produced it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Version {
-    /// Hybrid logical clock timestamp: `(unix millis << 16) | logical counter`.
-    pub hlc: u64,
-    /// The replica that made the write.
-    pub replica: ReplicaId,
-    /// That replica's write sequence number (starts at 1, monotonic, persisted).
-    pub seq: u64,
-}
-
-/// How a value is to be interpreted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ValueKind {
-    /// UTF-8 JSON text, validated on put.
-    Json = 1,
-    /// Opaque bytes.
-    Bytes = 2,
-}
-
-impl TryFrom<u8> for ValueKind {
-    type Error = StoreError;
-
-    fn try_from(tag: u8) -> Result<Self, Self::Error> {
-        match tag {
-            1 => Ok(ValueKind::Json),
-            2 => Ok(ValueKind::Bytes),
-            other => Err(StoreError::InvalidKind(other)),
-        }
-    }
-}
+pub use ringbase_protocol::message::{ValueKind, Version};
 
 /// A stored record (as read, or as published in a change event).
 #[derive(Clone, Debug, PartialEq)]

@@ -934,7 +934,7 @@ fn empty_job_completes_with_no_outcomes() {
 fn value_kind_tags_and_error_codes() {
     assert_eq!(ValueKind::try_from(1), Ok(ValueKind::Json));
     assert_eq!(ValueKind::try_from(2), Ok(ValueKind::Bytes));
-    assert_eq!(ValueKind::try_from(0), Err(StoreError::InvalidKind(0)));
+    assert_eq!(ValueKind::try_from(0), Err(0));
     assert_eq!(ValueKind::Json as u8, 1);
     let errors = [
         StoreError::InvalidKey(String::new()),
