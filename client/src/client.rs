@@ -193,9 +193,12 @@ impl Client {
             }
             WaitMode::BusyPoll => Backoff::busy(),
         };
+        let ring_err = |e: ringbase_protocol::ring::RingError| {
+            Error::Protocol(format!("new session segment: {e}"))
+        };
         Ok(Client {
-            req: segment.request_ring().producer(),
-            resp: segment.response_ring().consumer(),
+            req: segment.request_ring().producer().map_err(ring_err)?,
+            resp: segment.response_ring().consumer().map_err(ring_err)?,
             max_payload: segment.geometry().max_payload,
             session_id: welcome.session_id,
             _segment: segment,

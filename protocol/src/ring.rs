@@ -209,29 +209,50 @@ impl RingPtr {
         futex::wake(w, u32::MAX);
     }
 
-    /// Producer end. Exactly one producer may exist for a ring across all processes.
-    pub fn producer(self) -> Producer {
-        // The producer trusts only its own index; it starts from what is in the block,
-        // which `init` zeroed before the ring was shared.
+    /// Reads both indices and checks them: 16-aligned and `head <= tail <= head + cap`.
+    fn indices(&self) -> Result<(u64, u64), RingError> {
         let tail = self.word64(ctl::TAIL).load(Ordering::Acquire);
         let head = self.word64(ctl::HEAD).load(Ordering::Acquire);
-        Producer {
+        if !tail.is_multiple_of(FRAME_ALIGN) || !head.is_multiple_of(FRAME_ALIGN) {
+            return Err(RingError::Corrupt("ring index not frame-aligned"));
+        }
+        if head > tail || tail - head > self.cap {
+            return Err(RingError::Corrupt("ring indices out of order"));
+        }
+        // Indices start at 0 and count bytes; 2^62 is centuries of traffic away, and a
+        // bound here keeps every later `index + size` from overflowing.
+        if tail > 1 << 62 {
+            return Err(RingError::Corrupt("ring index implausibly large"));
+        }
+        Ok((head, tail))
+    }
+
+    /// Producer end. Exactly one producer may exist for a ring across all processes.
+    ///
+    /// It starts from the indices in the control block (zero on a fresh ring) after
+    /// checking them, and from then on never reads its own index back. A side that
+    /// shares the ring with an untrusted peer should create its end before the peer can
+    /// reach the memory (the server does).
+    pub fn producer(self) -> Result<Producer, RingError> {
+        let (head, tail) = self.indices()?;
+        Ok(Producer {
             ring: self,
             tail,
-            cached_head: head.min(tail),
+            cached_head: head,
             published: tail,
-        }
+        })
     }
 
     /// Consumer end. Exactly one consumer may exist for a ring across all processes.
-    pub fn consumer(self) -> Consumer {
-        let head = self.word64(ctl::HEAD).load(Ordering::Acquire);
-        Consumer {
+    /// Starts from the checked indices in the control block, like [`RingPtr::producer`].
+    pub fn consumer(self) -> Result<Consumer, RingError> {
+        let (head, _) = self.indices()?;
+        Ok(Consumer {
             ring: self,
             head,
             cached_tail: head,
             published_head: head,
-        }
+        })
     }
 }
 
@@ -258,7 +279,11 @@ impl Producer {
         // SYNC POINT: pairs with the Release store of `head` in `Consumer::release`: once
         // we see the new head, the consumer is done reading the bytes before it.
         let head = self.ring.word64(ctl::HEAD).load(Ordering::Acquire);
-        if head < self.cached_head || head > self.tail || self.tail - head > self.ring.cap {
+        if !head.is_multiple_of(FRAME_ALIGN)
+            || head < self.cached_head
+            || head > self.published
+            || self.tail - head > self.ring.cap
+        {
             return Err(RingError::Corrupt("consumer head out of range"));
         }
         self.cached_head = head;
@@ -410,7 +435,8 @@ impl Producer {
     }
 
     /// Sleeps until a frame of `len` payload bytes fits, at most `timeout`.
-    /// Returns whether it fits now.
+    /// Returns whether it fits now. Publish first ([`Producer::flush`]): the consumer
+    /// can only free space it has been shown.
     pub fn sleep_for_space(&mut self, len: u64, timeout: Duration) -> Result<bool, RingError> {
         if self.has_space(len)? {
             return Ok(true);
@@ -466,7 +492,10 @@ impl Consumer {
     fn refresh_tail(&mut self) -> Result<(), RingError> {
         // SYNC POINT: pairs with the Release store of `tail` in `Producer::flush`.
         let tail = self.ring.word64(ctl::TAIL).load(Ordering::Acquire);
-        if tail < self.cached_tail || tail - self.published_head > self.ring.cap {
+        if !tail.is_multiple_of(FRAME_ALIGN)
+            || tail < self.cached_tail
+            || tail - self.published_head > self.ring.cap
+        {
             return Err(RingError::Corrupt("producer tail out of range"));
         }
         self.cached_tail = tail;
@@ -601,7 +630,8 @@ impl Consumer {
     }
 
     /// Announces that the consumer sleeps, re-checks, and sleeps at most `timeout`
-    /// (C1–C4 in the module docs). Returns whether data is available now.
+    /// (C1–C4 in the module docs). Returns whether data is available now. Publish the
+    /// head first ([`Consumer::flush`]) if the producer may be waiting for space.
     pub fn sleep(&mut self, timeout: Duration) -> Result<bool, RingError> {
         if self.has_data()? {
             return Ok(true);
@@ -703,7 +733,7 @@ impl Wait {
     pub fn step(&mut self) -> Phase {
         self.iter = self.iter.wrapping_add(1);
         // Look at the clock only every 64 iterations: it costs ~20 ns.
-        if self.iter % 64 != 0 {
+        if !self.iter.is_multiple_of(64) {
             std::hint::spin_loop();
             return Phase::Spin;
         }
@@ -712,7 +742,7 @@ impl Wait {
         let spent = now - start;
         if spent < self.spin {
             // Give the other core (or the peer on this one) a chance every so often.
-            if self.iter % 1024 == 0 {
+            if self.iter.is_multiple_of(1024) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

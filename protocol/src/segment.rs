@@ -223,9 +223,9 @@ mod tests {
         let fd = s.fd().try_clone_to_owned().unwrap();
         let g = *s.geometry();
         let c = Segment::open(fd, g.segment_size, g.sizes, 9).unwrap();
-        let mut p = s.request_ring().producer();
+        let mut p = s.request_ring().producer().unwrap();
         assert!(p.try_push(1, 0, 5, b"hello").unwrap());
-        let mut q = c.request_ring().consumer();
+        let mut q = c.request_ring().consumer().unwrap();
         let f = q.peek().unwrap().unwrap();
         assert_eq!(f.corr, 5);
         let mut buf = rkyv::util::AlignedVec::<16>::new();

@@ -347,6 +347,22 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
             return;
         }
     };
+    // Take our ends of the rings now, while no one else can reach the segment: the
+    // client must not get a say in where our indices start.
+    let (req, resp) = match (
+        segment.request_ring().consumer(),
+        segment.response_ring().producer(),
+    ) {
+        (Ok(c), Ok(p)) => (c, p),
+        _ => {
+            refuse(
+                &stream,
+                WelcomeStatus::Internal,
+                "fresh segment failed its ring checks".into(),
+            );
+            return;
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let mut map = shared.sessions.lock().expect("registry");
@@ -395,6 +411,8 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
     session::run(session::SessionArgs {
         id,
         segment,
+        req,
+        resp,
         stream,
         wait: hello.wait,
         shared: Arc::clone(&shared),

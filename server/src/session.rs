@@ -43,6 +43,9 @@ const MAX_QUEUED: usize = 4096;
 pub(crate) struct SessionArgs {
     pub(crate) id: u64,
     pub(crate) segment: Segment,
+    /// The server's ends of the rings, made before the client could touch the segment.
+    pub(crate) req: Consumer,
+    pub(crate) resp: Producer,
     pub(crate) stream: Stream,
     pub(crate) wait: WaitMode,
     pub(crate) shared: Arc<Shared>,
@@ -68,6 +71,8 @@ pub(crate) fn run(args: SessionArgs) {
     let SessionArgs {
         id,
         segment,
+        req,
+        resp,
         stream,
         wait,
         shared,
@@ -124,8 +129,8 @@ pub(crate) fn run(args: SessionArgs) {
                 }
             };
             let mut s = SessionLoop {
-                req: segment.request_ring().consumer(),
-                resp: segment.response_ring().producer(),
+                req,
+                resp,
                 max_payload: segment.geometry().max_payload,
                 inbuf: AlignedVec::new(),
                 outbuf: AlignedVec::new(),

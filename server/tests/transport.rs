@@ -2,15 +2,15 @@
 
 mod common;
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use common::*;
-use ringbase_client::{Client, ConnectOptions, Error, RingSizes, WaitMode};
-use ringbase_protocol::handshake::{self, Hello, Welcome, WelcomeStatus, WELCOME_SIZE};
+use std::os::fd::AsFd;
+
+use ringbase_client::{Client, Error, RingSizes, WaitMode};
+use ringbase_protocol::handshake::{self, Hello, WelcomeStatus};
 use ringbase_protocol::message::{encode_request, Request};
 use ringbase_protocol::ring::FRAME_REQUEST;
-use ringbase_protocol::segment::Segment;
 
 /// Child roles (this binary re-executed by `spawn_child`).
 #[test]
@@ -308,82 +308,6 @@ fn session_limit_and_protocol_mismatch_are_clear_errors() {
     assert!(w.message.contains("999"), "{}", w.message);
 }
 
-fn raw_connect(srv: &ServerProc) -> std::os::unix::net::UnixStream {
-    let path = ConnectOptions::new(&srv.name)
-        .runtime_dir(&srv.runtime)
-        .paths()
-        .unwrap()
-        .socket;
-    std::os::unix::net::UnixStream::connect(path).unwrap()
-}
-
-fn read_welcome(sock: &std::os::unix::net::UnixStream) -> (Welcome, Option<std::os::fd::OwnedFd>) {
-    let mut head = [0u8; WELCOME_SIZE];
-    let fd = handshake::recv_with_fd(sock.as_fd(), &mut head).unwrap();
-    let n = Welcome::message_len(&head).unwrap();
-    let mut full = head.to_vec();
-    full.resize(WELCOME_SIZE + n, 0);
-    if n > 0 {
-        handshake::recv_with_fd(sock.as_fd(), &mut full[WELCOME_SIZE..]).unwrap();
-    }
-    (Welcome::decode(&full).unwrap(), fd)
-}
-
-/// A session opened by hand, so the test can write raw bytes into its request ring.
-struct RawSession {
-    _sock: std::os::unix::net::UnixStream,
-    seg: Segment,
-}
-
-fn raw_session(srv: &ServerProc) -> RawSession {
-    let sock = raw_connect(srv);
-    let hello = Hello {
-        protocol: ringbase_protocol::PROTOCOL_VERSION,
-        pid: std::process::id(),
-        rings: RingSizes {
-            request: 4096,
-            response: 4096,
-            event: 4096,
-        },
-        wait: WaitMode::Adaptive,
-    };
-    handshake::send_with_fd(sock.as_fd(), &hello.encode(), None).unwrap();
-    let (w, fd) = read_welcome(&sock);
-    assert_eq!(w.status, WelcomeStatus::Ok);
-    let seg = Segment::open(fd.unwrap(), w.segment_size, w.rings, w.session_id).unwrap();
-    RawSession { _sock: sock, seg }
-}
-
-impl RawSession {
-    /// Writes raw bytes at ring offset 0 and publishes `tail`.
-    fn poke(&self, bytes: &[u8], tail: u64) {
-        let ring = self.seg.request_ring();
-        let base = ring.as_ptr();
-        // SAFETY: base points at the request ring's control block inside our mapping
-        // (tail is its first u64); data starts 256 bytes on, and 256 + bytes.len() is
-        // within 256 + 4096.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(256), bytes.len());
-            std::ptr::write_volatile(base as *mut u64, tail);
-        }
-        ring.wake_consumer();
-    }
-
-    fn response_count_after(&self, timeout: Duration) -> usize {
-        let mut c = self.seg.response_ring().consumer();
-        let mut n = 0;
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            while let Ok(Some(f)) = c.peek() {
-                c.release(&f);
-                n += 1;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        n
-    }
-}
-
 #[test]
 fn hostile_client_gets_errors_or_is_closed_and_nobody_else_notices() {
     let rt = TempDir::new("hostile");
@@ -412,7 +336,7 @@ fn hostile_client_gets_errors_or_is_closed_and_nobody_else_notices() {
             "invalid rkyv gets an error response"
         );
         // A valid request after it on the same session still works.
-        let mut p = s.seg.request_ring().producer();
+        let mut p = s.seg.request_ring().producer().unwrap();
         // The producer starts from the tail we poked (48).
         let mut buf = rkyv::util::AlignedVec::<16>::new();
         encode_request(&Request::Ping, &mut buf).unwrap();

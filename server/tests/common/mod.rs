@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ringbase_client::{Client, ConnectOptions};
+use std::os::fd::AsFd;
+
+use ringbase_client::{Client, ConnectOptions, RingSizes, WaitMode};
+use ringbase_protocol::handshake::{self, Hello, Welcome, WelcomeStatus, WELCOME_SIZE};
+use ringbase_protocol::segment::Segment;
 
 /// Env var that turns a re-executed test binary into a child client.
 pub const CHILD_ROLE: &str = "RINGBASE_TEST_CHILD_ROLE";
@@ -256,4 +260,82 @@ pub fn mapped_segments(pid: u32) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+pub fn raw_connect(srv: &ServerProc) -> std::os::unix::net::UnixStream {
+    let path = ConnectOptions::new(&srv.name)
+        .runtime_dir(&srv.runtime)
+        .paths()
+        .unwrap()
+        .socket;
+    std::os::unix::net::UnixStream::connect(path).unwrap()
+}
+
+pub fn read_welcome(
+    sock: &std::os::unix::net::UnixStream,
+) -> (Welcome, Option<std::os::fd::OwnedFd>) {
+    let mut head = [0u8; WELCOME_SIZE];
+    let fd = handshake::recv_with_fd(sock.as_fd(), &mut head).unwrap();
+    let n = Welcome::message_len(&head).unwrap();
+    let mut full = head.to_vec();
+    full.resize(WELCOME_SIZE + n, 0);
+    if n > 0 {
+        handshake::recv_with_fd(sock.as_fd(), &mut full[WELCOME_SIZE..]).unwrap();
+    }
+    (Welcome::decode(&full).unwrap(), fd)
+}
+
+/// A session opened by hand, so the test can write raw bytes into its request ring.
+pub struct RawSession {
+    pub _sock: std::os::unix::net::UnixStream,
+    pub seg: Segment,
+}
+
+pub fn raw_session(srv: &ServerProc) -> RawSession {
+    let sock = raw_connect(srv);
+    let hello = Hello {
+        protocol: ringbase_protocol::PROTOCOL_VERSION,
+        pid: std::process::id(),
+        rings: RingSizes {
+            request: 4096,
+            response: 4096,
+            event: 4096,
+        },
+        wait: WaitMode::Adaptive,
+    };
+    handshake::send_with_fd(sock.as_fd(), &hello.encode(), None).unwrap();
+    let (w, fd) = read_welcome(&sock);
+    assert_eq!(w.status, WelcomeStatus::Ok);
+    let seg = Segment::open(fd.unwrap(), w.segment_size, w.rings, w.session_id).unwrap();
+    RawSession { _sock: sock, seg }
+}
+
+impl RawSession {
+    /// Writes raw bytes at ring offset 0 and publishes `tail`.
+    pub fn poke(&self, bytes: &[u8], tail: u64) {
+        let ring = self.seg.request_ring();
+        let base = ring.as_ptr();
+        // SAFETY: base points at the request ring's control block inside our mapping
+        // (tail is its first u64); data starts 256 bytes on, and 256 + bytes.len() is
+        // within 256 + 4096.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(256), bytes.len());
+            std::ptr::write_volatile(base as *mut u64, tail);
+        }
+        ring.wake_consumer();
+    }
+
+    pub fn response_count_after(&self, timeout: Duration) -> usize {
+        let mut c = self.seg.response_ring().consumer().unwrap();
+        let mut n = 0;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            while let Ok(Some(f)) = c.peek() {
+                c.release(&f);
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    }
 }
