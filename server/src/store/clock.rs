@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 ///
 /// HLC values are stored in SQLite `INTEGER` columns (signed 64-bit), so they must fit
 /// in 63 bits; the margin leaves room for 2^32 local increments after it. Remote values
-/// above it are ignored by [`Hlc::observe`] (replication must reject such versions).
+/// above it are ignored by [`Store::observe_hlc`](crate::store::Store::observe_hlc) (replication must reject such versions).
 pub const MAX_HLC: u64 = (i64::MAX as u64) - (1 << 32);
 
 /// Current wall clock in unix milliseconds (0 if the clock is before 1970).
