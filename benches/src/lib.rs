@@ -1,1 +1,10 @@
-//! x
+//! Benchmarks, load generators and comparison baselines for Ringbase.
+//!
+//! The binaries live in `src/bin/` (see `transport` for the transport benchmark); this
+//! library holds what they share: [`harness`] (child processes that are always
+//! reaped, private temp dirs, a watchdog so a bench always ends) and [`stats`]
+//! (latency summaries).
+#![warn(missing_docs)]
+
+pub mod harness;
+pub mod stats;

@@ -1,0 +1,527 @@
+//! Process and file-system plumbing that makes a benchmark always end and always clean
+//! up: child processes killed and reaped on drop (panics included), private temp dirs
+//! removed on drop, and a [`Watchdog`] that ends the whole process, children included,
+//! if one phase takes longer than its limit. Also: CPU pinning ([`PinGuard`]) and a
+//! meter of the CPU the rest of the machine uses meanwhile ([`CpuMeter`]), so a
+//! benchmark can say when its numbers were disturbed (Linux).
+
+use std::fs::DirBuilder;
+use std::io::{self, BufRead, BufReader};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Exit status of a process ended by the [`Watchdog`].
+pub const WATCHDOG_EXIT: i32 = 3;
+
+/// What must go when the bench ends, even when it ends without unwinding (the
+/// watchdog calls `process::exit`, which runs no destructors).
+struct Registry {
+    /// Children of [`ChildGuard`]s (gone once the guard is dropped).
+    children: Vec<Weak<Mutex<Child>>>,
+    /// Paths of live [`TempDir`]s.
+    dirs: Vec<PathBuf>,
+}
+
+/// The one registry of this process.
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    children: Vec::new(),
+    dirs: Vec::new(),
+});
+
+/// Locks the registry (a panic elsewhere does not make it unusable).
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Locks a child (a panic elsewhere does not make it unusable).
+fn lock_child(c: &Mutex<Child>) -> MutexGuard<'_, Child> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills and reaps every child still alive from [`ChildGuard::spawn_ready`] and removes
+/// every [`TempDir`] still present. For exits that skip destructors.
+pub fn cleanup_all() {
+    let (children, dirs) = {
+        let mut r = registry();
+        (std::mem::take(&mut r.children), std::mem::take(&mut r.dirs))
+    };
+    for child in children.iter().filter_map(Weak::upgrade) {
+        let mut c = lock_child(&child);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A private (mode 0700) directory under the system temp dir, removed with its contents
+/// when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    /// The directory.
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<temp dir>/<prefix>-<pid>-<unique>`.
+    ///
+    /// # Errors
+    ///
+    /// Any error creating the directory.
+    pub fn new(prefix: &str) -> io::Result<TempDir> {
+        let base = std::env::temp_dir();
+        for attempt in 0..100u32 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = base.join(format!(
+                "{prefix}-{}-{nanos:x}{attempt}",
+                std::process::id()
+            ));
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    registry().dirs.push(path.clone());
+                    return Ok(TempDir { path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temp dir name",
+        ))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        registry().dirs.retain(|d| d != &self.path);
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when the guard is dropped.
+///
+/// Its stdin is a pipe that stays open as long as the guard lives, so a child that
+/// reads stdin learns of our death (EOF) even if we are killed ourselves.
+#[derive(Debug)]
+pub struct ChildGuard {
+    /// Name for messages.
+    name: String,
+    /// Process id.
+    pid: u32,
+    /// The child, shared with the registry (for [`cleanup_all`]).
+    child: Arc<Mutex<Child>>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` (stdin and stdout are replaced by pipes; stderr is left as set) and
+    /// waits at most `timeout` for a stdout line starting with `ready_prefix`, which it
+    /// returns. Other stdout lines are copied to our stderr, prefixed with `name`.
+    ///
+    /// # Errors
+    ///
+    /// Spawn errors; [`io::ErrorKind::TimedOut`] if the line does not come in time;
+    /// [`io::ErrorKind::UnexpectedEof`] if the child closes stdout (exits) first. The
+    /// child is killed on every error.
+    pub fn spawn_ready(
+        name: &str,
+        cmd: &mut Command,
+        ready_prefix: &str,
+        timeout: Duration,
+    ) -> io::Result<(ChildGuard, String)> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let guard = ChildGuard {
+            name: name.to_string(),
+            pid: child.id(),
+            child: Arc::new(Mutex::new(child)),
+        };
+        registry().children.push(Arc::downgrade(&guard.child));
+
+        let (tx, rx) = mpsc::channel();
+        let prefix = ready_prefix.to_string();
+        let label = name.to_string();
+        std::thread::Builder::new()
+            .name(format!("{name}-stdout"))
+            .spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.is_some() && line.starts_with(&prefix) {
+                        let _ = tx.take().expect("checked").send(line);
+                    } else {
+                        eprintln!("[{label}] {line}");
+                    }
+                }
+            })?;
+        match rx.recv_timeout(timeout) {
+            Ok(line) => Ok((guard, line)),
+            Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{name} printed no {ready_prefix:?} line within {timeout:?}"),
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = guard.try_status(Duration::from_secs(1));
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{name} closed stdout before it was ready (exit status: {status})"),
+                ))
+            }
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits at most `wait` for the child to exit; describes its status.
+    fn try_status(&self, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            match lock_child(&self.child).try_wait() {
+                Ok(Some(s)) => return s.to_string(),
+                Ok(None) if Instant::now() < deadline => {}
+                Ok(None) => return "still running".into(),
+                Err(e) => return format!("unknown: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let mut c = lock_child(&self.child);
+        if let Ok(None) = c.try_wait() {
+            if let Err(e) = c.kill() {
+                eprintln!("cannot kill {} (pid {}): {e}", self.name, self.pid);
+            }
+        }
+        let _ = c.wait();
+    }
+}
+
+/// Ends the process (after [`cleanup_all`], with status [`WATCHDOG_EXIT`]) when an
+/// armed phase runs past its limit. It sleeps on a channel: no periodic wake-ups to
+/// disturb what is being measured.
+#[derive(Debug)]
+pub struct Watchdog {
+    /// Arms (`Some((what, deadline))`) or disarms (`None`); dropped to stop the thread.
+    tx: Option<mpsc::Sender<Option<(String, Instant)>>>,
+    /// The watchdog thread.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog thread, disarmed.
+    ///
+    /// # Errors
+    ///
+    /// If the thread cannot be spawned.
+    pub fn start() -> io::Result<Watchdog> {
+        let (tx, rx) = mpsc::channel::<Option<(String, Instant)>>();
+        let thread = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let mut armed: Option<(String, Instant)> = None;
+                loop {
+                    let msg = match &armed {
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some((_, deadline)) => {
+                            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        }
+                    };
+                    match msg {
+                        Ok(next) => armed = next,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => {
+                            let what = armed.take().map(|a| a.0).unwrap_or_default();
+                            eprintln!("watchdog: {what} ran past its time limit; aborting");
+                            cleanup_all();
+                            std::process::exit(WATCHDOG_EXIT);
+                        }
+                    }
+                }
+            })?;
+        Ok(Watchdog {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Arms (or re-arms) the watchdog: `what` must end within `limit` from now.
+    pub fn arm(&self, what: impl Into<String>, limit: Duration) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Some((what.into(), Instant::now() + limit)));
+        }
+    }
+
+    /// Disarms the watchdog.
+    pub fn disarm(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(None);
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The CPUs the calling thread may run on.
+///
+/// # Errors
+///
+/// If `sched_getaffinity` fails.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 = the calling thread; `set` is a cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE, the set's capacity.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Restricts the calling thread to `cpus`.
+fn set_thread_cpus(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no CPU {c}"),
+            ));
+        }
+        // SAFETY: `c` is below CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 = the calling thread; `set` is a cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to some CPUs until dropped, then restores its previous set.
+/// Threads spawned meanwhile inherit the pinning.
+#[derive(Debug)]
+pub struct PinGuard {
+    /// The CPU set to restore.
+    previous: Vec<usize>,
+}
+
+impl PinGuard {
+    /// Pins the calling thread to `cpus`.
+    ///
+    /// # Errors
+    ///
+    /// If the CPU set cannot be read or set (e.g. a CPU we may not use).
+    pub fn pin(cpus: &[usize]) -> io::Result<PinGuard> {
+        let previous = allowed_cpus()?;
+        set_thread_cpus(cpus)?;
+        Ok(PinGuard { previous })
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Err(e) = set_thread_cpus(&self.previous) {
+            eprintln!("cannot restore the CPU affinity: {e}");
+        }
+    }
+}
+
+/// Clock ticks per second of the times in `/proc`.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// Busy CPU time of the whole machine so far, in clock ticks (user, nice, system, irq,
+/// softirq: what runs on this kernel's CPUs; `steal` is the hypervisor's and excluded).
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, in clock ticks.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: fields after it start past ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest = state(3) ppid(4) ... utime(14) stime(15): indices 11 and 12 here.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Measures the CPU that processes other than ours use while we measure: a benchmark on
+/// a shared machine (other builds, tests) is disturbed, and should say so. Resolution is
+/// one clock tick (usually 10 ms) of CPU time, so short phases read coarsely.
+#[derive(Debug)]
+pub struct CpuMeter {
+    /// When measuring started.
+    start: Instant,
+    /// Machine busy ticks then.
+    machine: u64,
+    /// Our processes' ticks then.
+    ours: u64,
+    /// Our processes.
+    pids: Vec<u32>,
+}
+
+impl CpuMeter {
+    /// Starts measuring; `pids` are our processes (their CPU time is not counted). They
+    /// must live until [`CpuMeter::others`]. `None` without `/proc`.
+    pub fn start(pids: &[u32]) -> Option<CpuMeter> {
+        Some(CpuMeter {
+            start: Instant::now(),
+            machine: machine_busy_ticks()?,
+            ours: pids
+                .iter()
+                .map(|&p| process_ticks(p))
+                .sum::<Option<u64>>()?,
+            pids: pids.to_vec(),
+        })
+    }
+
+    /// CPU used by everything but our processes since the start.
+    pub fn others(&self) -> Option<OtherCpu> {
+        let machine = machine_busy_ticks()?.checked_sub(self.machine)?;
+        let ours = self
+            .pids
+            .iter()
+            .map(|&p| process_ticks(p))
+            .sum::<Option<u64>>()?
+            .checked_sub(self.ours)?;
+        let secs = self.start.elapsed().as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        let cpu_secs = machine.saturating_sub(ours) as f64 / clock_ticks();
+        Some(OtherCpu {
+            cores: cpu_secs / secs,
+            cpu_time: Duration::from_secs_f64(cpu_secs),
+        })
+    }
+}
+
+/// What [`CpuMeter::others`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OtherCpu {
+    /// Average number of CPUs kept busy.
+    pub cores: f64,
+    /// Total CPU time (a multiple of the clock tick).
+    pub cpu_time: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_dir_is_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = TempDir::new("rb-harness-test").unwrap();
+        let p = d.path().to_path_buf();
+        std::fs::write(p.join("f"), b"x").unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(d);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn child_ready_line_and_kill() {
+        let (g, line) = ChildGuard::spawn_ready(
+            "sh",
+            Command::new("sh").args(["-c", "echo noise; echo READY now; sleep 30"]),
+            "READY",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(line, "READY now");
+        let pid = g.pid();
+        drop(g);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn child_exit_before_ready_is_an_error() {
+        let err = ChildGuard::spawn_ready(
+            "sh",
+            Command::new("sh").args(["-c", "exit 7"]),
+            "READY",
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn pin_and_restore() {
+        let before = allowed_cpus().unwrap();
+        {
+            let _g = PinGuard::pin(&before[..1]).unwrap();
+            assert_eq!(allowed_cpus().unwrap(), &before[..1]);
+        }
+        assert_eq!(allowed_cpus().unwrap(), before);
+    }
+
+    #[test]
+    fn cpu_meter_reads() {
+        let m = CpuMeter::start(&[std::process::id()]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(m.others().unwrap().cores >= 0.0);
+    }
+
+    #[test]
+    fn child_timeout() {
+        let err = ChildGuard::spawn_ready(
+            "sh",
+            Command::new("sh").args(["-c", "sleep 30"]),
+            "READY",
+            Duration::from_millis(100),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
