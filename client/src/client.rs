@@ -327,6 +327,57 @@ impl Client {
         }
     }
 
+    /// Pipelining without waiting: the next response (in request order) if it has
+    /// already arrived, `Ok(None)` if it has not or if nothing is in flight. Never spins
+    /// or sleeps; when nothing is ready it checks with one non-blocking syscall that the
+    /// server still lives. A [`Response::Error`] is returned as a value, as by
+    /// [`Client::recv`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the server is gone; [`Error::Protocol`] if it sent
+    /// something this client cannot read.
+    pub fn try_recv(&mut self) -> Result<Option<(u64, Response)>> {
+        if !self.stash.is_empty() {
+            // Already copied out of the ring: `recv` returns it without waiting.
+            return self.recv().map(Some);
+        }
+        self.release_held();
+        if self.dead {
+            return Err(Error::Disconnected);
+        }
+        if self.in_flight.is_empty() {
+            return Ok(None);
+        }
+        let f = match self.resp.peek() {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                if !self.server_alive() && !self.resp.has_data().unwrap_or(true) {
+                    self.dead = true;
+                    return Err(Error::Disconnected);
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(self.violation(e.to_string())),
+        };
+        if f.kind != FRAME_RESPONSE {
+            return Err(self.violation(format!("unexpected frame kind {}", f.kind)));
+        }
+        self.expect_corr(f.corr)?;
+        // SAFETY: as in `recv`: the frame is released below, after the last use of the
+        // borrowed payload.
+        let payload = unsafe { self.resp.payload(&f) };
+        let owned = match access_response(payload) {
+            Ok(a) => Ok(to_owned_response(a)),
+            Err(e) => Err(format!("invalid response: {e}")),
+        };
+        self.resp.release(&f);
+        match owned {
+            Ok(r) => Ok(Some((f.corr, r))),
+            Err(msg) => Err(self.violation(msg)),
+        }
+    }
+
     /// Receives the next response as a zero-copy view into the response ring. The view
     /// borrows the client, so it is valid until the next call on this client.
     pub fn recv_view(&mut self) -> Result<(u64, &ArchivedResponse)> {
