@@ -1,0 +1,473 @@
+//! Sessions (connect, close) and the blocking key-value calls.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::path::PathBuf;
+use std::ptr::null_mut;
+use std::sync::{Arc, Mutex};
+
+use ::ringbase_client::{Client, ConnectOptions, SpawnOptions};
+
+use crate::error::{guard, guard_value, Failure, RINGBASE_E_NOMEM, RINGBASE_E_NOT_FOUND};
+use crate::handle::{
+    bytes, c_str, enter, handle, key as key_arg, kind_code, out, out_opt, ringbase_client,
+    value_kind, State,
+};
+
+fn new_handle(client: Client) -> *mut ringbase_client {
+    Box::into_raw(Box::new(ringbase_client {
+        shared: Arc::new(Mutex::new(State::new(client))),
+    }))
+}
+
+fn not_found(key: &str) -> Failure {
+    Failure::new(RINGBASE_E_NOT_FOUND, format!("no record for key {key:?}"))
+}
+
+/// Connects to the running server `name` (NULL = `"default"`).
+///
+/// The server is found through its control socket in the runtime directory:
+/// `$RINGBASE_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ringbase`, else `/tmp/ringbase-<uid>`.
+///
+/// Ownership: on success `*out` is a new handle owned by the caller, to be released
+/// with `ringbase_close`. On failure `*out` is set to NULL (when `out` is not NULL).
+///
+/// Errors (detail in `ringbase_last_error(NULL)`):
+/// `RINGBASE_E_INVALID` (`out` NULL, `name` not UTF-8 or not a valid server name),
+/// `RINGBASE_E_NOT_RUNNING` (no server listens under this name),
+/// `RINGBASE_E_PROTOCOL` (the server speaks another protocol version),
+/// `RINGBASE_E_REFUSED` (session limit, permission, shutting down),
+/// `RINGBASE_E_DISCONNECTED` (the server died during the handshake),
+/// `RINGBASE_E_CORRUPT`, `RINGBASE_E_IO`.
+///
+/// Threads: any thread may connect; the new handle may be used by one thread at a time.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_connect(
+    name: *const c_char,
+    out: *mut *mut ringbase_client,
+) -> c_int {
+    guard(|| {
+        // SAFETY: `out` is NULL or writable (caller's contract).
+        let out = unsafe { crate::handle::out(out, "out") }?;
+        *out = null_mut();
+        // SAFETY: `name` is NULL or NUL-terminated (caller's contract).
+        let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
+        let client = Client::connect_with(ConnectOptions::new(name))?;
+        *out = new_handle(client);
+        Ok(())
+    })
+}
+
+/// Connects to the server `name` (NULL = `"default"`), starting it first if none is
+/// running: the sidecar start. The server is started detached (`ringbase serve
+/// --name NAME`, its output appended to `server.log` in the name's runtime directory),
+/// and this call waits (at most 10 s) until it accepts sessions. Several processes may
+/// race here: exactly one server starts and all of them connect to it.
+///
+/// `server_path`: the `ringbase` binary to start; NULL = `$RINGBASE_SERVER`, else
+/// `ringbase` in the directory of the calling program's executable, else `ringbase`
+/// on `PATH`. The server's data directory is `$RINGBASE_DATA_DIR`, else its default
+/// for the name (see `ringbase serve --help`); the spawned server inherits the
+/// environment.
+///
+/// Ownership and threads: as for `ringbase_connect`.
+///
+/// Errors (detail in `ringbase_last_error(NULL)`): those of `ringbase_connect`;
+/// `RINGBASE_E_IO` if the binary cannot be started; `RINGBASE_E_NOT_RUNNING` if no
+/// server became ready in time (see `server.log`).
+///
+/// # Safety
+///
+/// `name` and `server_path` are NULL or NUL-terminated strings; `out` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_connect_or_spawn(
+    name: *const c_char,
+    server_path: *const c_char,
+    out: *mut *mut ringbase_client,
+) -> c_int {
+    guard(|| {
+        // SAFETY: `out` is NULL or writable (caller's contract).
+        let out = unsafe { crate::handle::out(out, "out") }?;
+        *out = null_mut();
+        // SAFETY: NULL or NUL-terminated (caller's contract).
+        let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
+        // SAFETY: NULL or NUL-terminated (caller's contract).
+        let server_path = unsafe { c_str(server_path, "server_path") }?;
+        let spawn = SpawnOptions {
+            server_path: server_path.map(PathBuf::from),
+            ..SpawnOptions::default()
+        };
+        let client = Client::connect_or_spawn(ConnectOptions::new(name), spawn)?;
+        *out = new_handle(client);
+        Ok(())
+    })
+}
+
+/// Closes the session and frees the handle. NULL is a no-op.
+///
+/// Every pointer obtained from `c` (views, status strings, completion values, the
+/// last error) becomes invalid. Batches and list iterators made from `c` stay safe to
+/// free; any other call on them fails with `RINGBASE_E_INVALID`. Submitted requests
+/// not yet polled are abandoned (writes among them may or may not be applied).
+///
+/// Threads: must not race with another call on `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle, not used again after this call.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_close(c: *mut ringbase_client) {
+    guard_value((), || {
+        if c.is_null() {
+            return;
+        }
+        // SAFETY: `c` came from `Box::into_raw` in `new_handle` and is closed once
+        // (caller's contract).
+        let h = unsafe { Box::from_raw(c) };
+        // End the session now, even if batches or iterators still share the state.
+        let client = match h.shared.lock() {
+            Ok(mut st) => st.client.take(),
+            Err(p) => p.into_inner().client.take(),
+        };
+        drop(client);
+        drop(h);
+    })
+}
+
+/// A round trip with no work on the server: checks that the session is alive.
+///
+/// Errors: `RINGBASE_E_INVALID` (`c` NULL), `RINGBASE_E_DISCONNECTED`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_ping(c: *mut ringbase_client) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| Ok(st.settle()?.ping()?))
+}
+
+/// Writes `value` under `key` and returns once it is committed (durable against a
+/// crash of the server process). `kind` is `RINGBASE_JSON` (the server checks that the
+/// value parses) or `RINGBASE_BYTES`.
+///
+/// The key is `key_len` bytes of UTF-8 (not NUL-terminated; at most
+/// `RINGBASE_MAX_KEY_LEN`). `value` may be NULL when `value_len` is 0. Both are only
+/// read during the call.
+///
+/// Errors: `RINGBASE_E_INVALID` (`c` NULL, `key`/`value` NULL with a non-zero length,
+/// bad `kind`), `RINGBASE_E_INVALID_KEY` (empty, not UTF-8, or with a NUL), `RINGBASE_E_TOO_LARGE`
+/// (key over `RINGBASE_MAX_KEY_LEN`, value over `ringbase_max_value_len`),
+/// `RINGBASE_E_INVALID_JSON`, `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED` (the
+/// write may or may not have been applied). On any error but the last, nothing was
+/// written.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `key` and `value` point at `key_len` and `value_len`
+/// readable bytes (or are NULL with length 0).
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_put(
+    c: *mut ringbase_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_void,
+    value_len: usize,
+    kind: c_int,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: `key_len` readable bytes (caller's contract).
+        let key = unsafe { key_arg(key, key_len, "key") }?;
+        // SAFETY: `value_len` readable bytes (caller's contract).
+        let value = unsafe { bytes(value, value_len, "value") }?;
+        let kind = value_kind(kind)?;
+        st.settle()?.put(key, value, kind)?;
+        Ok(())
+    })
+}
+
+/// Reads the record under `key` into a new buffer.
+///
+/// On success `*value` is a buffer of `*value_len` bytes followed by one NUL byte (so a
+/// JSON value can be used as a C string), owned by the caller and freed with
+/// `ringbase_free`; `*kind` (if `kind` is not NULL) is `RINGBASE_JSON` or
+/// `RINGBASE_BYTES`. On failure `*value` is NULL and `*value_len` is 0.
+///
+/// Errors: `RINGBASE_E_NOT_FOUND` (no live record), `RINGBASE_E_INVALID` (`c`,
+/// `value` or `value_len` NULL, `key` NULL with a non-zero length),
+/// `RINGBASE_E_INVALID_KEY`, `RINGBASE_E_TOO_LARGE` (key too long, or a record too
+/// large for this session's response ring), `RINGBASE_E_NOMEM`, `RINGBASE_E_STORAGE`,
+/// `RINGBASE_E_DISCONNECTED`.
+///
+/// Threads: the thread using `c`; the returned buffer may go to any thread.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `key` points at `key_len` readable bytes (or is NULL
+/// with length 0); `value`, `value_len` and `kind` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_get(
+    c: *mut ringbase_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *mut *mut c_void,
+    value_len: *mut usize,
+    kind: *mut c_int,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract), for each of the three.
+        let (value_out, len_out, kind_out) = unsafe {
+            (
+                out(value, "value")?,
+                out(value_len, "value_len")?,
+                out_opt(kind),
+            )
+        };
+        *value_out = null_mut();
+        *len_out = 0;
+        // SAFETY: `key_len` readable bytes (caller's contract).
+        let key = unsafe { key_arg(key, key_len, "key") }?;
+        let view = st.settle()?.get_view(key)?.ok_or_else(|| not_found(key))?;
+        let n = view.value.len();
+        // SAFETY: plain allocation of n + 1 bytes (never 0).
+        let buf = unsafe { libc::malloc(n + 1) } as *mut u8;
+        if buf.is_null() {
+            return Err(Failure::new(
+                RINGBASE_E_NOMEM,
+                format!("allocating {} bytes for the value", n + 1),
+            ));
+        }
+        // SAFETY: `buf` has n + 1 writable bytes; the view has n readable bytes that
+        // stay valid until the next call on the client (none happens here).
+        // Index n is inside the n + 1 allocated bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(view.value.as_ptr(), buf, n);
+            *buf.add(n) = 0;
+        }
+        *value_out = buf as *mut c_void;
+        *len_out = n;
+        if let Some(k) = kind_out {
+            *k = kind_code(view.kind);
+        }
+        Ok(())
+    })
+}
+
+/// Reads the record under `key` without copying it: `*value` points at the value bytes
+/// in the session's shared memory.
+///
+/// Ownership and lifetime: the bytes belong to the library and stay valid (and
+/// unchanged) until the next call that takes `c`, or one of its batches or iterators,
+/// other than `ringbase_last_error`; do not write to them or free them. Copy what you
+/// need to keep. On failure `*value` is NULL and `*value_len` 0. `*kind` as for
+/// `ringbase_get`.
+///
+/// Errors: as for `ringbase_get`, except `RINGBASE_E_NOMEM`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// As for `ringbase_get`.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_get_view(
+    c: *mut ringbase_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *mut *const c_void,
+    value_len: *mut usize,
+    kind: *mut c_int,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract), for each of the three.
+        let (value_out, len_out, kind_out) = unsafe {
+            (
+                out(value, "value")?,
+                out(value_len, "value_len")?,
+                out_opt(kind),
+            )
+        };
+        *value_out = std::ptr::null();
+        *len_out = 0;
+        // SAFETY: `key_len` readable bytes (caller's contract).
+        let key = unsafe { key_arg(key, key_len, "key") }?;
+        let view = st.settle()?.get_view(key)?.ok_or_else(|| not_found(key))?;
+        // The frame stays held in the response ring until the next call on the
+        // client, which is the lifetime documented above.
+        *value_out = view.value.as_ptr() as *const c_void;
+        *len_out = view.value.len();
+        if let Some(k) = kind_out {
+            *k = kind_code(view.kind);
+        }
+        Ok(())
+    })
+}
+
+/// Deletes the record under `key` (the server keeps a tombstone for replication).
+///
+/// Errors: `RINGBASE_E_NOT_FOUND` (no live record: nothing changed),
+/// `RINGBASE_E_INVALID`, `RINGBASE_E_INVALID_KEY`, `RINGBASE_E_TOO_LARGE`,
+/// `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED` (the delete may or may not have
+/// been applied).
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `key` points at `key_len` readable bytes (or is NULL
+/// with length 0).
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_delete(
+    c: *mut ringbase_client,
+    key: *const c_char,
+    key_len: usize,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: `key_len` readable bytes (caller's contract).
+        let key = unsafe { key_arg(key, key_len, "key") }?;
+        if st.settle()?.delete(key)? {
+            Ok(())
+        } else {
+            Err(not_found(key))
+        }
+    })
+}
+
+/// Counts live records whose key starts with `prefix` (`prefix_len` bytes; NULL or
+/// empty = all records) into `*count`.
+///
+/// Errors: `RINGBASE_E_INVALID` (`c` or `count` NULL, `prefix` NULL with a non-zero
+/// length), `RINGBASE_E_INVALID_KEY` (prefix not UTF-8), `RINGBASE_E_TOO_LARGE`,
+/// `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `prefix` points at `prefix_len` readable bytes (or
+/// is NULL with length 0); `count` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_count(
+    c: *mut ringbase_client,
+    prefix: *const c_char,
+    prefix_len: usize,
+    count: *mut u64,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract).
+        let count = unsafe { out(count, "count") }?;
+        // SAFETY: `prefix_len` readable bytes (caller's contract).
+        let prefix = unsafe { key_arg(prefix, prefix_len, "prefix") }?;
+        let prefix = (!prefix.is_empty()).then_some(prefix);
+        *count = st.settle()?.count(prefix)?;
+        Ok(())
+    })
+}
+
+/// The largest value `ringbase_put` (or a batch or submitted put) accepts on this
+/// session, in bytes, into `*max` (set by the session's ring sizes).
+///
+/// Errors: `RINGBASE_E_INVALID` (`c` or `max` NULL).
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `max` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_max_value_len(c: *mut ringbase_client, max: *mut usize) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract).
+        let max = unsafe { out(max, "max") }?;
+        *max = usize::try_from(st.client()?.max_value_len()).unwrap_or(usize::MAX);
+        Ok(())
+    })
+}
+
+/// Server status, filled in by `ringbase_status`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ringbase_status_info {
+    /// Live records.
+    pub records: u64,
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Database size on disk (database and write-ahead log), bytes.
+    pub db_size_bytes: u64,
+    /// Open sessions.
+    pub sessions: u32,
+    /// Server process id.
+    pub pid: u32,
+    /// Protocol version the server speaks.
+    pub protocol: u32,
+    /// Replica id of the server's database (stable across restarts).
+    pub replica_id: [u8; 16],
+    /// The server's data directory: NUL-terminated, owned by the client handle, valid
+    /// until the next call on it.
+    pub data_dir: *const c_char,
+    /// The server's version, e.g. `"0.1.0"`: NUL-terminated, owned by the client
+    /// handle, valid until the next call on it.
+    pub version: *const c_char,
+}
+
+/// Fills `*info` with the server's status.
+///
+/// Ownership: `info` is the caller's; its `data_dir` and `version` strings belong to
+/// `c` and stay valid until the next call on `c` other than `ringbase_last_error`
+/// (copy them to keep them).
+///
+/// Errors: `RINGBASE_E_INVALID` (`c` or `info` NULL), `RINGBASE_E_DISCONNECTED`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `info` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_status(
+    c: *mut ringbase_client,
+    info: *mut ringbase_status_info,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract).
+        let info = unsafe { out(info, "info") }?;
+        let s = st.settle()?.status()?;
+        st.out_data_dir = crate::error::c_message(&s.data_dir);
+        st.out_version = crate::error::c_message(&s.version);
+        *info = ringbase_status_info {
+            records: s.records,
+            uptime_ms: s.uptime_ms,
+            db_size_bytes: s.db_size_bytes,
+            sessions: s.sessions,
+            pid: s.pid,
+            protocol: s.protocol,
+            replica_id: s.replica_id,
+            data_dir: st.out_data_dir.as_ptr(),
+            version: st.out_version.as_ptr(),
+        };
+        Ok(())
+    })
+}
