@@ -182,6 +182,10 @@ pub struct StatusInfo {
     pub replica_id: [u8; 16],
     /// Server process id.
     pub pid: u32,
+    /// Write transactions committed since start (group commits).
+    pub commits: u64,
+    /// Write jobs (puts, deletes, batches) applied since start.
+    pub write_jobs: u64,
 }
 
 /// Stable error codes carried by [`Response::Error`].

@@ -155,7 +155,11 @@ fn prefault(map: &MmapRaw) {
     // SAFETY: madvise on exactly the range of a live mapping we own; POPULATE_WRITE only
     // allocates and maps pages, it does not change their (zero or existing) contents.
     unsafe {
-        libc::madvise(map.as_mut_ptr() as *mut libc::c_void, map.len(), libc::MADV_POPULATE_WRITE);
+        libc::madvise(
+            map.as_mut_ptr() as *mut libc::c_void,
+            map.len(),
+            libc::MADV_POPULATE_WRITE,
+        );
     }
     #[cfg(not(target_os = "linux"))]
     let _ = map;

@@ -176,6 +176,8 @@ pub fn status(name: &str) -> ExitCode {
                 "protocol": s.protocol,
                 "replica_id": hex(&s.replica_id),
                 "pid": s.pid,
+                "commits": s.commits,
+                "write_jobs": s.write_jobs,
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             ExitCode::SUCCESS

@@ -198,6 +198,8 @@ impl Engine {
             protocol: ringbase_protocol::PROTOCOL_VERSION,
             replica_id: self.store.replica_id(),
             pid: std::process::id(),
+            commits: self.store.stats().transactions,
+            write_jobs: self.store.stats().jobs,
         })
     }
 }

@@ -310,6 +310,7 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
         }
     };
     if version != PROTOCOL_VERSION {
+        eprintln!("ringbase: refused a client speaking protocol version {version} (this server speaks {PROTOCOL_VERSION})");
         refuse(
             &stream,
             WelcomeStatus::VersionMismatch,

@@ -493,6 +493,7 @@ fn pipelined_writes_share_group_commits_and_reads_see_them() {
     let srv = ServerProc::start(&rt.path().join("run"), &rt.path().join("data"), "pipe", &[]);
     watchdog(Duration::from_secs(120), move || {
         let mut c = srv.connect();
+        let before = c.status().unwrap();
         for i in 0..2000u32 {
             c.send(&Request::Put {
                 key: format!("p/{i:05}"),
@@ -510,6 +511,15 @@ fn pipelined_writes_share_group_commits_and_reads_see_them() {
             assert!(matches!(c.recv().unwrap().1, Response::Written(_)));
         }
         assert_eq!(c.recv().unwrap().1, Response::Count(2000));
+        // Pipelined writes reached the writer together: far fewer commits than writes.
+        let after = c.status().unwrap();
+        let jobs = after.write_jobs - before.write_jobs;
+        let commits = after.commits - before.commits;
+        assert_eq!(jobs, 2000);
+        assert!(
+            commits < jobs / 4,
+            "2000 pipelined puts took {commits} commits"
+        );
     });
 }
 
