@@ -76,7 +76,7 @@ pub extern "C" fn ringbase_strerror(code: c_int) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn ringbase_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
-    VERSION.as_ptr() as *const c_char
+    error::guard_value(c"".as_ptr(), || VERSION.as_ptr() as *const c_char)
 }
 
 /// The detail of the last failed call.
