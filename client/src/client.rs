@@ -489,7 +489,7 @@ impl Client {
                 continue;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 let now = Instant::now();
                 let since = *last_check.get_or_insert(now);
                 if now - since >= LIVENESS_SLICE {
