@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use super::error::StoreError;
 use super::{Record, ValueKind, Version};
 
+/// The columns `row_to_record` decodes, in its order.
 const COLS: &str = "key, value, kind, hlc, replica, seq, updated_at";
 
 /// A read-only connection to the store. Each method runs in its own implicit read
@@ -23,9 +24,12 @@ impl Reader {
 
     /// The live record under `key`, or `None` if there is none (or it was deleted).
     pub fn get(&mut self, key: &str) -> Result<Option<Record>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLS} FROM records WHERE key = ?1 AND deleted = 0"
-        ))?;
+        // A literal (not `format!`): the statement cache is keyed by the SQL text, and
+        // this is the hot path.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, value, kind, hlc, replica, seq, updated_at FROM records \
+             WHERE key = ?1 AND deleted = 0",
+        )?;
         stmt.query_row([key], row_to_record)
             .optional()
             .map_err(StoreError::from)
@@ -111,8 +115,8 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
                 format!("unknown value kind {kind_tag}").into(),
             )
         })?;
-    let replica: Vec<u8> = row.get(4)?;
-    let replica = replica.as_slice().try_into().map_err(|_| {
+    let replica = row.get_ref(4)?.as_blob()?;
+    let replica = replica.try_into().map_err(|_| {
         rusqlite::Error::FromSqlConversionFailure(
             4,
             rusqlite::types::Type::Blob,

@@ -46,13 +46,24 @@ pub const META_SEQ: &str = "seq";
 /// `meta` key of the highest HLC stored in `records`.
 pub const META_HLC: &str = "hlc_high";
 
+/// SQLite's `unix-excl` VFS: the server process holds the database file exclusively
+/// (one server per data dir is already guaranteed by the data dir's lock file) and
+/// keeps the WAL index in heap memory shared by its connections, instead of a `-shm`
+/// file locked with `fcntl`. That removes the lock/unlock system calls every read
+/// transaction made (~0.6 µs of a ~2.2 µs get round trip). Durability is unchanged:
+/// the WAL file is written and synced exactly as before, and is recovered on open.
+/// The cost: another process (say, the `sqlite3` shell) cannot open the database while
+/// the server runs.
+const VFS: &str = "unix-excl";
+
 /// Open the writer connection, set its pragmas and run pending migrations.
 pub fn open_writer(db: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
+    let conn = Connection::open_with_flags_and_vfs(
         db,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        VFS,
     )?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     // page_size only takes effect on a new database, before WAL mode is entered.
@@ -74,9 +85,10 @@ pub fn open_writer(db: &Path) -> Result<Connection, StoreError> {
 
 /// Open a read-only connection for a [`super::Reader`].
 pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
+    let conn = Connection::open_with_flags_and_vfs(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        VFS,
     )?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
