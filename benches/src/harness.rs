@@ -6,7 +6,7 @@
 //! benchmark can say when its numbers were disturbed (Linux).
 
 use std::fs::DirBuilder;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -200,6 +200,139 @@ impl ChildGuard {
                 Err(e) => return format!("unknown: {e}"),
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The stdout lines of a child started with [`ChildGuard::spawn_lines`], read by a
+/// background thread.
+#[derive(Debug)]
+pub struct ChildLines {
+    /// Name for messages.
+    name: String,
+    /// Lines, in order; disconnected once the child closes stdout.
+    rx: mpsc::Receiver<String>,
+}
+
+impl ChildLines {
+    /// Waits at most `timeout` for the next line starting with `prefix` and returns it;
+    /// lines before it are copied to our stderr, prefixed with the child's name.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] if no such line comes in time;
+    /// [`io::ErrorKind::UnexpectedEof`] if the child closes stdout first.
+    pub fn expect(&self, prefix: &str, timeout: Duration) -> io::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(line) => eprintln!("[{}] {line}", self.name),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{} printed no {prefix:?} line within {timeout:?}",
+                            self.name
+                        ),
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} closed stdout before a {prefix:?} line", self.name),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdin and stdout piped (stderr as set) and hands back every
+    /// stdout line through a [`ChildLines`]. Talk to the child with
+    /// [`ChildGuard::send_line`].
+    ///
+    /// # Errors
+    ///
+    /// Spawn errors (the child is killed if the reader thread cannot start).
+    pub fn spawn_lines(name: &str, cmd: &mut Command) -> io::Result<(ChildGuard, ChildLines)> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let guard = ChildGuard {
+            name: name.to_string(),
+            pid: child.id(),
+            child: Arc::new(Mutex::new(child)),
+        };
+        registry().children.push(Arc::downgrade(&guard.child));
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("{name}-stdout"))
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        let lines = ChildLines {
+            name: name.to_string(),
+            rx,
+        };
+        Ok((guard, lines))
+    }
+
+    /// Writes `line` and a newline to the child's stdin.
+    ///
+    /// # Errors
+    ///
+    /// If the child's stdin is closed (it exited) or was not piped.
+    pub fn send_line(&self, line: &str) -> io::Result<()> {
+        let mut c = lock_child(&self.child);
+        let stdin = c
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin is not piped"))?;
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()
+    }
+
+    /// Asks the child to stop (SIGTERM) and waits at most `timeout` for it to exit;
+    /// kills it (SIGKILL) if it does not. Returns its exit status and how long it took
+    /// to exit after the signal, or `None` if it had to be killed.
+    ///
+    /// # Errors
+    ///
+    /// If waiting for the child fails.
+    pub fn terminate(
+        &self,
+        timeout: Duration,
+    ) -> io::Result<Option<(std::process::ExitStatus, Duration)>> {
+        let mut c = lock_child(&self.child);
+        if let Some(s) = c.try_wait()? {
+            return Ok(Some((s, Duration::ZERO)));
+        }
+        // The child is not reaped (checked above, under the lock), so the pid is still
+        // ours: no other process can have taken it.
+        let pid = libc::pid_t::try_from(self.pid)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        // SAFETY: kill has no memory preconditions; `pid` is our unreaped child.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(Some((s, t0.elapsed())));
+            }
+            if t0.elapsed() >= timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -453,6 +586,64 @@ pub struct OtherCpu {
     pub cpu_time: Duration,
 }
 
+/// Memory of a process, from `/proc/PID/status`, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcMemory {
+    /// Resident set size now (`VmRSS`).
+    pub rss_kib: u64,
+    /// Peak resident set size (`VmHWM`).
+    pub hwm_kib: u64,
+    /// Resident anonymous memory (`RssAnon`: heap, stacks).
+    pub anon_kib: u64,
+    /// Resident file-backed memory (`RssFile`: binary, mapped files such as an mmapped
+    /// database).
+    pub file_kib: u64,
+    /// Resident shared memory (`RssShmem`: shm segments, memfds).
+    pub shmem_kib: u64,
+}
+
+/// Reads the memory figures of process `pid` (Linux). `None` if the process or a field
+/// is missing.
+pub fn proc_memory(pid: u32) -> Option<ProcMemory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim_start_matches(':')
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(ProcMemory {
+        rss_kib: field("VmRSS")?,
+        hwm_kib: field("VmHWM")?,
+        anon_kib: field("RssAnon").unwrap_or(0),
+        file_kib: field("RssFile").unwrap_or(0),
+        shmem_kib: field("RssShmem").unwrap_or(0),
+    })
+}
+
+/// Total size in bytes of the regular files under `dir` (recursively; symlinks are not
+/// followed).
+///
+/// # Errors
+///
+/// If a directory cannot be read.
+pub fn dir_size(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else if ty.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +702,43 @@ mod tests {
         let m = CpuMeter::start(&[std::process::id()]).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert!(m.others().unwrap().cores >= 0.0);
+    }
+
+    #[test]
+    fn child_lines_stdin_and_terminate() {
+        let (g, lines) = ChildGuard::spawn_lines(
+            "sh",
+            Command::new("sh").args([
+                "-c",
+                "trap 'exit 0' TERM; echo noise; echo hello; read x; echo got $x; \
+                 while true; do sleep 0.01; done",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            lines.expect("hello", Duration::from_secs(5)).unwrap(),
+            "hello"
+        );
+        g.send_line("ping").unwrap();
+        assert_eq!(
+            lines.expect("got", Duration::from_secs(5)).unwrap(),
+            "got ping"
+        );
+        let (status, _) = g.terminate(Duration::from_secs(5)).unwrap().unwrap();
+        assert!(status.success());
+        let err = lines.expect("never", Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn memory_and_dir_size() {
+        let m = proc_memory(std::process::id()).unwrap();
+        assert!(m.rss_kib > 0 && m.hwm_kib >= m.rss_kib);
+        let d = TempDir::new("rb-harness-size").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("a"), [0u8; 10]).unwrap();
+        std::fs::write(d.path().join("sub/b"), [0u8; 5]).unwrap();
+        assert_eq!(dir_size(d.path()).unwrap(), 15);
     }
 
     #[test]
