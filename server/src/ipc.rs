@@ -105,7 +105,8 @@ impl Shared {
         self.sessions.lock().expect("registry").len()
     }
 
-    /// Called by a session thread on exit.
+    /// Called by a session thread on exit, before it unmaps the segment: an entry in
+    /// the registry guarantees that its rings are mapped.
     pub(crate) fn remove_session(&self, id: u64) {
         self.sessions.lock().expect("registry").remove(&id);
     }
@@ -419,5 +420,4 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
         shared: Arc::clone(&shared),
         stop,
     });
-    shared.remove_session(id);
 }

@@ -83,6 +83,7 @@ pub(crate) fn run(args: SessionArgs) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringbase: session {id}: cannot clone socket: {e}");
+            shared.remove_session(id);
             return;
         }
     };
@@ -111,6 +112,7 @@ pub(crate) fn run(args: SessionArgs) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("ringbase: session {id}: cannot spawn watcher: {e}");
+            shared.remove_session(id);
             return;
         }
     };
@@ -157,7 +159,10 @@ pub(crate) fn run(args: SessionArgs) {
     // Closing our end makes the watcher's read return, and tells the client.
     let _ = stream.inner().shutdown(std::net::Shutdown::Both);
     let _ = watcher.join();
-    // The watcher held copies of the ring pointers; it is gone, so unmapping is safe.
+    // The registry entry holds copies of the ring pointers (shutdown wakes sessions
+    // through them, under the registry lock): remove it before unmapping. The watcher
+    // held copies too; it has exited. So nothing can touch the segment after this drop.
+    shared.remove_session(id);
     drop(segment);
 }
 

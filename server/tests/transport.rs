@@ -425,3 +425,21 @@ fn hostile_client_gets_errors_or_is_closed_and_nobody_else_notices() {
     good.ping().unwrap();
     assert_eq!(good.echo(b"still here").unwrap(), b"still here");
 }
+
+/// Regression: SIGTERM right after clients disconnected crashed the server (SIGSEGV):
+/// shutdown woke a session through its registry entry after the session had unmapped
+/// its segment. Sessions now leave the registry before they unmap.
+#[test]
+fn sigterm_while_clients_disconnect_exits_cleanly() {
+    let rt = TempDir::new("termrace");
+    for round in 0..8 {
+        let mut srv = ServerProc::start(&rt.path().join("run"), &rt.path().join("data"), "tr", &[]);
+        let clients: Vec<Client> = (0..8).map(|_| srv.connect()).collect();
+        drop(clients);
+        assert_eq!(
+            srv.terminate(),
+            Some(0),
+            "round {round}: server did not exit cleanly"
+        );
+    }
+}
