@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+mod cache;
 mod changes;
 mod clock;
 mod error;
@@ -132,6 +133,10 @@ pub struct StoreOptions {
     pub max_key_len: usize,
     /// Maximum value length in bytes (default 1 MiB).
     pub max_value_len: usize,
+    /// Budget of the shared read cache of hot records, in bytes (default 64 MiB; 0
+    /// disables it). See `cache.rs` for why it never serves a value older than a write
+    /// whose completion was sent.
+    pub read_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -139,6 +144,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_key_len: 1024,
             max_value_len: 1024 * 1024,
+            read_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -204,6 +210,7 @@ impl Store {
             clock: clock::Hlc::new(hlc_high),
             hub: changes::ChangeHub::default(),
             stats: StatCounters::default(),
+            cache: Arc::new(cache::ReadCache::new(opts.read_cache_bytes)),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = Writer::new(conn, rx, shared.clone(), seq, hlc_high);
@@ -288,7 +295,10 @@ impl Store {
         if self.tx.read().unwrap_or_else(|p| p.into_inner()).is_none() {
             return Err(StoreError::Closed);
         }
-        Ok(Reader::new(schema::open_reader(&self.db_path)?))
+        Ok(Reader::new(
+            schema::open_reader(&self.db_path)?,
+            Arc::clone(&self.shared.cache),
+        ))
     }
 
     /// Size on disk of the database file plus its WAL, in bytes.

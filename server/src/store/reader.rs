@@ -1,7 +1,10 @@
 //! Read connections: one per client session, never queued behind the writer (WAL).
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use super::cache::ReadCache;
 use super::error::StoreError;
 use super::{Record, ValueKind, Version};
 
@@ -15,15 +18,30 @@ const COLS: &str = "key, value, kind, hlc, replica, seq, updated_at";
 #[derive(Debug)]
 pub struct Reader {
     conn: Connection,
+    cache: Arc<ReadCache>,
 }
 
 impl Reader {
-    pub(super) fn new(conn: Connection) -> Reader {
-        Reader { conn }
+    pub(super) fn new(conn: Connection, cache: Arc<ReadCache>) -> Reader {
+        Reader { conn, cache }
     }
 
     /// The live record under `key`, or `None` if there is none (or it was deleted).
+    /// Served from the shared read cache when the key is hot.
     pub fn get(&mut self, key: &str) -> Result<Option<Record>, StoreError> {
+        if let Some(r) = self.cache.get(key) {
+            return Ok(Some((*r).clone()));
+        }
+        // Taken before the SQLite read starts (cache.rs explains why).
+        let generation = self.cache.generation();
+        let found = self.get_uncached(key)?;
+        if let Some(r) = &found {
+            self.cache.insert_if_current(generation, r.clone());
+        }
+        Ok(found)
+    }
+
+    fn get_uncached(&mut self, key: &str) -> Result<Option<Record>, StoreError> {
         // A literal (not `format!`): the statement cache is keyed by the SQL text, and
         // this is the hot path.
         let mut stmt = self.conn.prepare_cached(

@@ -1074,3 +1074,48 @@ fn subscriber_queue_is_bounded_in_bytes() {
     drop(batch);
     assert_eq!(sub.queued_bytes(), 0);
 }
+
+/// The read cache never serves a value older than a write whose completion was sent:
+/// readers on other connections chase a writer that acknowledges one version of a hot
+/// key after another, and every read returns at least the last acknowledged version.
+#[test]
+fn read_cache_never_serves_a_value_older_than_an_acknowledged_write() {
+    let dir = TestDir::new("cache-race");
+    let store = Arc::new(open(&dir));
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, acked, done) = (store.clone(), acked.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut r = store.reader().unwrap();
+                let mut reads = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    let floor = acked.load(Ordering::SeqCst);
+                    let got = r.get("hot").unwrap().map(|rec| {
+                        std::str::from_utf8(&rec.value)
+                            .unwrap()
+                            .parse::<u64>()
+                            .unwrap()
+                    });
+                    let got = got.unwrap_or(0);
+                    assert!(got >= floor, "read {got} after {floor} was acknowledged");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 1..=1500u64 {
+        store.write(vec![put_json("hot", &i.to_string())]).unwrap();
+        acked.store(i, Ordering::SeqCst);
+    }
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    // Once quiet, the cache serves the final value.
+    let mut r = store.reader().unwrap();
+    assert_eq!(r.get("hot").unwrap().unwrap().value, b"1500");
+    assert_eq!(r.get("hot").unwrap().unwrap().value, b"1500");
+}

@@ -75,6 +75,8 @@ pub struct Shared {
     pub hub: ChangeHub,
     /// Writer counters.
     pub stats: StatCounters,
+    /// Read cache: invalidated after each commit, before completions are sent.
+    pub cache: Arc<super::cache::ReadCache>,
 }
 
 /// An error that leaves the enclosing transaction unusable: every job in it fails.
@@ -157,6 +159,13 @@ impl Writer {
                 batch.iter().map(|_| Err(e.clone())).collect()
             }
         };
+        // Before any completion goes out: no reader may find an older value of a
+        // written key in the cache once its writer has been told (see cache.rs).
+        self.shared.cache.invalidate(
+            batch
+                .iter()
+                .flat_map(|job| job.ops.iter().map(|op| op.key())),
+        );
         let mut ops = 0u64;
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
