@@ -227,6 +227,46 @@ impl RingPtr {
         Ok((head, tail))
     }
 
+    /// Stores a new `index` value (Release) into the word at `index_at`, then wakes the
+    /// peer if it announced on the flag at `flag_at` that it sleeps: P1–P3 of the wake
+    /// protocol in the module docs (the same steps, roles swapped, free space for a
+    /// producer waiting on a full ring).
+    fn publish_and_wake(&self, index_at: usize, index: u64, flag_at: usize) {
+        self.word64(index_at).store(index, Ordering::Release);
+        // P2: order the index store before reading the peer's sleeping flag.
+        fence(Ordering::SeqCst);
+        let sleeping = self.word32(flag_at);
+        if sleeping.load(Ordering::Relaxed) != 0 {
+            sleeping.store(0, Ordering::Relaxed);
+            futex::wake(sleeping, 1);
+        }
+    }
+
+    /// C1–C4 of the wake protocol on the flag at `flag_at`: announce, re-check with
+    /// `ready`, sleep at most `timeout` if still not ready, clear the flag. Returns
+    /// `ready()` at the end.
+    fn announce_and_sleep(
+        &self,
+        flag_at: usize,
+        timeout: Duration,
+        mut ready: impl FnMut() -> Result<bool, RingError>,
+    ) -> Result<bool, RingError> {
+        if ready()? {
+            return Ok(true);
+        }
+        let w = self.word32(flag_at);
+        w.store(1, Ordering::Relaxed);
+        // C2: order the announcement before the re-check of the peer's index.
+        fence(Ordering::SeqCst);
+        if ready()? {
+            w.store(0, Ordering::Relaxed);
+            return Ok(true);
+        }
+        futex::wait(w, 1, timeout);
+        w.store(0, Ordering::Relaxed);
+        ready()
+    }
+
     /// Producer end. Exactly one producer may exist for a ring across all processes.
     ///
     /// It starts from the indices in the control block (zero on a fresh ring) after
@@ -422,36 +462,15 @@ impl Producer {
         // SYNC POINT: pairs with the Acquire load of `tail` in `Consumer::refresh_tail`;
         // the frame bytes written above happen-before the consumer reads them.
         self.ring
-            .word64(ctl::TAIL)
-            .store(self.tail, Ordering::Release);
-        // P2 of the wake protocol (module docs): order the tail store before reading
-        // the consumer's sleeping flag.
-        fence(Ordering::SeqCst);
-        let sleeping = self.ring.word32(ctl::CONSUMER_SLEEPING);
-        if sleeping.load(Ordering::Relaxed) != 0 {
-            sleeping.store(0, Ordering::Relaxed);
-            futex::wake(sleeping, 1);
-        }
+            .publish_and_wake(ctl::TAIL, self.tail, ctl::CONSUMER_SLEEPING);
     }
 
     /// Sleeps until a frame of `len` payload bytes fits, at most `timeout`.
     /// Returns whether it fits now. Publish first ([`Producer::flush`]): the consumer
     /// can only free space it has been shown.
     pub fn sleep_for_space(&mut self, len: u64, timeout: Duration) -> Result<bool, RingError> {
-        if self.has_space(len)? {
-            return Ok(true);
-        }
         let ring = self.ring;
-        let w = ring.word32(ctl::PRODUCER_SLEEPING);
-        w.store(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if self.has_space(len)? {
-            w.store(0, Ordering::Relaxed);
-            return Ok(true);
-        }
-        futex::wait(w, 1, timeout);
-        w.store(0, Ordering::Relaxed);
-        self.has_space(len)
+        ring.announce_and_sleep(ctl::PRODUCER_SLEEPING, timeout, || self.has_space(len))
     }
 }
 
@@ -619,34 +638,15 @@ impl Consumer {
         // SYNC POINT: pairs with the Acquire load of `head` in `Producer::refresh_head`;
         // our reads of the released frames happen-before the producer reuses the bytes.
         self.ring
-            .word64(ctl::HEAD)
-            .store(self.head, Ordering::Release);
-        fence(Ordering::SeqCst);
-        let sleeping = self.ring.word32(ctl::PRODUCER_SLEEPING);
-        if sleeping.load(Ordering::Relaxed) != 0 {
-            sleeping.store(0, Ordering::Relaxed);
-            futex::wake(sleeping, 1);
-        }
+            .publish_and_wake(ctl::HEAD, self.head, ctl::PRODUCER_SLEEPING);
     }
 
     /// Announces that the consumer sleeps, re-checks, and sleeps at most `timeout`
     /// (C1–C4 in the module docs). Returns whether data is available now. Publish the
     /// head first ([`Consumer::flush`]) if the producer may be waiting for space.
     pub fn sleep(&mut self, timeout: Duration) -> Result<bool, RingError> {
-        if self.has_data()? {
-            return Ok(true);
-        }
         let ring = self.ring;
-        let w = ring.word32(ctl::CONSUMER_SLEEPING);
-        w.store(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if self.has_data()? {
-            w.store(0, Ordering::Relaxed);
-            return Ok(true);
-        }
-        futex::wait(w, 1, timeout);
-        w.store(0, Ordering::Relaxed);
-        self.has_data()
+        ring.announce_and_sleep(ctl::CONSUMER_SLEEPING, timeout, || self.has_data())
     }
 }
 
