@@ -12,8 +12,13 @@ use serde_json::{json, Value};
 /// Exit code for a failure to reach the server or a server error.
 const FAIL: u8 = 2;
 
-fn connect(name: &str) -> Result<Client, ExitCode> {
-    Client::connect(name).map_err(|e| fail(&e))
+/// Connects to the server `name` and runs `f` on the session; a failure to connect
+/// prints the error and exits with [`FAIL`].
+fn with_client(name: &str, f: impl FnOnce(&mut Client) -> ExitCode) -> ExitCode {
+    match Client::connect(name) {
+        Ok(mut c) => f(&mut c),
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
@@ -49,21 +54,19 @@ fn record_json(r: &Record) -> Value {
 
 /// `ringbase ping`
 pub fn ping(name: &str) -> ExitCode {
-    let mut c = match connect(name) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let t = Instant::now();
-    match c.ping() {
-        Ok(()) => {
-            println!(
-                "pong from {name:?} in {:.1} µs",
-                t.elapsed().as_secs_f64() * 1e6
-            );
-            ExitCode::SUCCESS
+    with_client(name, |c| {
+        let t = Instant::now();
+        match c.ping() {
+            Ok(()) => {
+                println!(
+                    "pong from {name:?} in {:.1} µs",
+                    t.elapsed().as_secs_f64() * 1e6
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
         }
-        Err(e) => fail(&e),
-    }
+    })
 }
 
 /// `ringbase put KEY JSON` / `ringbase put KEY --bytes-file F`
@@ -76,27 +79,19 @@ pub fn put(name: &str, key: &str, json: Option<&str>, bytes_file: Option<&Path>)
         },
         _ => return fail(&"give either a JSON value or --bytes-file FILE"),
     };
-    let mut c = match connect(name) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match c.put(key, &value, kind) {
+    with_client(name, |c| match c.put(key, &value, kind) {
         Ok(v) => {
             println!("{}", json!({ "key": key, "version": version_json(&v) }));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
-    }
+    })
 }
 
 /// `ringbase get KEY`: the value on stdout (JSON text, or the raw bytes); a missing key
 /// prints a message on stderr and exits 1.
 pub fn get(name: &str, key: &str) -> ExitCode {
-    let mut c = match connect(name) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match c.get_view(key) {
+    with_client(name, |c| match c.get_view(key) {
         Ok(Some(v)) => {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(v.value);
@@ -111,60 +106,50 @@ pub fn get(name: &str, key: &str) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => fail(&e),
-    }
+    })
 }
 
 /// `ringbase delete KEY`
 pub fn delete(name: &str, key: &str) -> ExitCode {
-    let mut c = match connect(name) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match c.delete(key) {
+    with_client(name, |c| match c.delete(key) {
         Ok(existed) => {
             println!("{}", json!({ "key": key, "deleted": existed }));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
-    }
+    })
 }
 
 /// `ringbase list [--prefix P] [--limit N]`: one JSON object per line, paging through
 /// the server until `limit` records (or all) are printed.
 pub fn list(name: &str, prefix: &str, limit: Option<u64>) -> ExitCode {
-    let mut c = match connect(name) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let mut left = limit.unwrap_or(u64::MAX);
-    let mut after: Option<String> = None;
-    let mut out = std::io::stdout().lock();
-    while left > 0 {
-        let page = match c.list(prefix, after.as_deref(), left.min(1000) as u32) {
-            Ok(p) => p,
-            Err(e) => return fail(&e),
-        };
-        for r in &page.records {
-            if writeln!(out, "{}", record_json(r)).is_err() {
-                return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
+    with_client(name, |c| {
+        let mut left = limit.unwrap_or(u64::MAX);
+        let mut after: Option<String> = None;
+        let mut out = std::io::stdout().lock();
+        while left > 0 {
+            let page = match c.list(prefix, after.as_deref(), left.min(1000) as u32) {
+                Ok(p) => p,
+                Err(e) => return fail(&e),
+            };
+            for r in &page.records {
+                if writeln!(out, "{}", record_json(r)).is_err() {
+                    return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
+                }
+            }
+            left -= page.records.len() as u64;
+            match page.records.last() {
+                Some(last) if page.more => after = Some(last.key.clone()),
+                _ => break,
             }
         }
-        left -= page.records.len() as u64;
-        match page.records.last() {
-            Some(last) if page.more => after = Some(last.key.clone()),
-            _ => break,
-        }
-    }
-    ExitCode::SUCCESS
+        ExitCode::SUCCESS
+    })
 }
 
 /// `ringbase status`: JSON.
 pub fn status(name: &str) -> ExitCode {
-    let mut c = match connect(name) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match c.status() {
+    with_client(name, |c| match c.status() {
         Ok(s) => {
             let v = json!({
                 "records": s.records,
@@ -183,5 +168,5 @@ pub fn status(name: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
-    }
+    })
 }

@@ -607,3 +607,93 @@ struct ServerLess {
     name: String,
     runtime: std::path::PathBuf,
 }
+
+#[test]
+fn cli_put_get_delete_list_status() {
+    let rt = TempDir::new("cli");
+    let run = rt.path().join("run");
+    let srv = ServerProc::start(&run, &rt.path().join("data"), "cli", &[]);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(ringbase_bin())
+            .args(args)
+            .args(["--name", "cli"])
+            .env("RINGBASE_RUNTIME_DIR", &run)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = cli(&["put", "p:1", r#"{"hp":3}"#]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["key"], "p:1");
+    assert!(v["version"]["hlc"].as_u64().unwrap() > 0);
+    assert_eq!(cli(&["put", "p:2", "[1,2,3]"]).0, Some(0));
+    let file = rt.path().join("blob.bin");
+    std::fs::write(&file, [0u8, 159, 146, 150]).unwrap();
+    assert_eq!(
+        cli(&["put", "q", "--bytes-file", file.to_str().unwrap()]).0,
+        Some(0)
+    );
+    // get prints the value; raw bytes come out unchanged.
+    let (code, out, _) = cli(&["get", "p:1"]);
+    assert_eq!((code, out.trim()), (Some(0), r#"{"hp":3}"#));
+    let raw = std::process::Command::new(ringbase_bin())
+        .args(["get", "q", "--name", "cli"])
+        .env("RINGBASE_RUNTIME_DIR", &run)
+        .output()
+        .unwrap();
+    assert_eq!(raw.stdout, [0u8, 159, 146, 150]);
+    // A missing key: message on stderr, exit 1.
+    let (code, out, err) = cli(&["get", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty());
+    assert!(err.contains("not found"), "{err}");
+    // Invalid JSON: a clear error, exit 2, nothing stored.
+    let (code, _, err) = cli(&["put", "bad", "{"]);
+    assert_eq!(code, Some(2));
+    assert!(err.to_lowercase().contains("json"), "{err}");
+    assert_eq!(cli(&["get", "bad"]).0, Some(1));
+    // list: one JSON object per line, in key order, prefix and limit honoured.
+    let (code, out, _) = cli(&["list", "--prefix", "p:"]);
+    assert_eq!(code, Some(0));
+    let keys: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["p:1", "p:2"]);
+    assert_eq!(cli(&["list", "--limit", "1"]).1.lines().count(), 1);
+    // delete, then the key is gone.
+    let (code, out, _) = cli(&["delete", "p:1"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"deleted\":true"), "{out}");
+    assert_eq!(cli(&["get", "p:1"]).0, Some(1));
+    // status is JSON with the documented fields.
+    let (code, out, _) = cli(&["status"]);
+    assert_eq!(code, Some(0));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["records"], 2);
+    assert_eq!(s["pid"], srv.pid());
+    for field in [
+        "sessions",
+        "uptime_ms",
+        "data_dir",
+        "db_size_bytes",
+        "version",
+        "replica_id",
+    ] {
+        assert!(!s[field].is_null(), "status lacks {field}");
+    }
+    // ping
+    let (code, out, _) = cli(&["ping"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("pong"), "{out}");
+}
