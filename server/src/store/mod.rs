@@ -213,7 +213,7 @@ impl Store {
             cache: Arc::new(cache::ReadCache::new(opts.read_cache_bytes)),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer = Writer::new(conn, rx, shared.clone(), seq, hlc_high);
+        let writer = Writer::new(conn, db_path.clone(), rx, shared.clone(), seq, hlc_high);
         let handle = std::thread::Builder::new()
             .name("ringbase-writer".into())
             .spawn(move || writer.run())
@@ -304,9 +304,7 @@ impl Store {
     /// Size on disk of the database file plus its WAL, in bytes.
     pub fn db_size_bytes(&self) -> u64 {
         let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = self.db_path.clone().into_os_string();
-        wal.push("-wal");
-        len(&self.db_path) + len(Path::new(&wal))
+        len(&self.db_path) + len(&schema::wal_path(&self.db_path))
     }
 
     /// Subscribe to committed changes, with a queue bounded by

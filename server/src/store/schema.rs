@@ -80,6 +80,29 @@ pub fn open_writer(db: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     set_mmap(&conn)?;
     migrate(&conn)?;
+    // Checkpoints run on the writer's checkpointer thread (writer.rs), not inside
+    // commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// The WAL file of the database at `db` (`<db>-wal`).
+pub fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
+/// Open the checkpointer's connection: it only runs `wal_checkpoint`.
+pub fn open_checkpointer(db: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags_and_vfs(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        VFS,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
 

@@ -1119,3 +1119,29 @@ fn read_cache_never_serves_a_value_older_than_an_acknowledged_write() {
     assert_eq!(r.get("hot").unwrap().unwrap().value, b"1500");
     assert_eq!(r.get("hot").unwrap().unwrap().value, b"1500");
 }
+
+/// Checkpoints happen while the store runs (on the checkpointer thread; the writer's
+/// own autocheckpoint is off): committed pages reach the main database file without a
+/// shutdown.
+#[test]
+fn checkpointer_folds_the_wal_into_the_database_while_running() {
+    let dir = TestDir::new("ckpt");
+    let store = open(&dir);
+    let db = dir.path().join(DB_FILE);
+    let before = std::fs::metadata(&db).unwrap().len();
+    for chunk in 0..20 {
+        let ops = (0..500)
+            .map(|i| put_bytes(&format!("k{chunk:02}-{i:04}"), &[7u8; 200]))
+            .collect();
+        store.write(ops).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&db).unwrap().len() <= before + 1_000_000 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint reached the database file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(store.reader().unwrap().count(None).unwrap(), 10_000);
+}

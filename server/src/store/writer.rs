@@ -79,12 +79,27 @@ pub struct Shared {
     pub cache: Arc<super::cache::ReadCache>,
 }
 
+/// WAL size past which the writer checkpoints itself (see `Writer::run`).
+const WAL_HARD_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Size of the WAL file of `db` (0 if absent).
+fn wal_len(db: &std::path::Path) -> u64 {
+    std::fs::metadata(super::schema::wal_path(db))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Pause of the checkpointer between two passes.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// An error that leaves the enclosing transaction unusable: every job in it fails.
 struct Fatal(StoreError);
 
 /// The writer thread's state.
 pub struct Writer {
     conn: Connection,
+    /// Database path, for the checkpointer's own connection.
+    db_path: std::path::PathBuf,
     rx: Receiver<Job>,
     shared: Arc<Shared>,
     /// Last local sequence number used (committed or inside the open transaction).
@@ -97,6 +112,7 @@ impl Writer {
     /// A writer continuing after local sequence number `seq` and stored HLC `hlc_high`.
     pub fn new(
         conn: Connection,
+        db_path: std::path::PathBuf,
         rx: Receiver<Job>,
         shared: Arc<Shared>,
         seq: u64,
@@ -104,6 +120,7 @@ impl Writer {
     ) -> Writer {
         Writer {
             conn,
+            db_path,
             rx,
             shared,
             seq,
@@ -112,7 +129,32 @@ impl Writer {
     }
 
     /// Apply jobs until every sender is gone and the queue is drained, then checkpoint.
+    ///
+    /// Checkpoints (copying WAL frames back into the database file, with an fsync) run
+    /// on a checkpointer thread with its own connection, not here: the writer's
+    /// `wal_autocheckpoint` is off, and after each commit it nudges the checkpointer
+    /// (a full nudge channel means one is already pending). So commits never wait
+    /// behind a checkpoint's fsync.
     pub fn run(mut self) {
+        let (nudge, nudged) = crossbeam_channel::bounded::<()>(1);
+        let checkpointer = match super::schema::open_checkpointer(&self.db_path) {
+            Ok(conn) => std::thread::Builder::new()
+                .name("ringbase-ckpt".into())
+                .spawn(move || {
+                    while nudged.recv().is_ok() {
+                        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                        // Let a few commits gather before the next pass.
+                        std::thread::sleep(CHECKPOINT_PAUSE);
+                    }
+                })
+                .ok(),
+            Err(_) => None,
+        };
+        let mut commits: u64 = 0;
+        if checkpointer.is_none() {
+            // No checkpointer: let SQLite checkpoint in this thread as usual.
+            let _ = self.conn.pragma_update(None, "wal_autocheckpoint", 1000);
+        }
         while let Ok(first) = self.rx.recv() {
             let mut bytes = first.bytes;
             let mut batch = vec![first];
@@ -126,6 +168,19 @@ impl Writer {
                 }
             }
             self.apply_batch(batch);
+            let _ = nudge.try_send(());
+            commits += 1;
+            if commits.is_multiple_of(256) && wal_len(&self.db_path) > WAL_HARD_LIMIT {
+                // The checkpointer cannot keep up (or readers pin old frames): bound
+                // the WAL by checkpointing here, making writers wait this once.
+                let _ = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            }
+        }
+        drop(nudge);
+        if let Some(c) = checkpointer {
+            let _ = c.join();
         }
         // Fold the WAL back into the main file and truncate it; errors here only cost
         // a longer recovery on next open.
