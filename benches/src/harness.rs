@@ -3,13 +3,18 @@
 //! removed on drop, and a [`Watchdog`] that ends the whole process, children included,
 //! if one phase takes longer than its limit. Also: CPU pinning ([`PinGuard`]) and a
 //! meter of the CPU the rest of the machine uses meanwhile ([`CpuMeter`]), so a
-//! benchmark can say when its numbers were disturbed (Linux).
+//! benchmark can say when its numbers were disturbed (Linux). And what every bench
+//! binary does alike: its default paths ([`DefaultPaths`]), its command line ([`Args`]),
+//! writing its JSON results ([`write_json`]) and its exit status ([`exit_code`]).
 
+use std::error::Error;
+use std::fmt::Display;
 use std::fs::DirBuilder;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
+use std::str::FromStr;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
@@ -17,6 +22,157 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Exit status of a process ended by the [`Watchdog`].
 pub const WATCHDOG_EXIT: i32 = 3;
+
+/// Prefix of the `ringbase serve` readiness line.
+pub const SERVER_READY: &str = "ringbase: serving";
+
+/// Where a bench binary looks by default: next to itself in the cargo target directory.
+#[derive(Debug, Clone)]
+pub struct DefaultPaths {
+    /// Directory of the running executable (e.g. `target/release`), if known.
+    pub exe_dir: Option<PathBuf>,
+    /// The `ringbase` server binary: in `exe_dir`, else `target/release/ringbase`.
+    pub server: PathBuf,
+    /// Where the JSON results go: the file name given to [`DefaultPaths::new`] in the
+    /// parent of `exe_dir` (e.g. `target/`), else in `target/`.
+    pub json: PathBuf,
+}
+
+impl DefaultPaths {
+    /// The defaults of a bench that writes its results to `json_name`.
+    pub fn new(json_name: &str) -> DefaultPaths {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        DefaultPaths {
+            server: exe_dir
+                .as_ref()
+                .map(|d| d.join("ringbase"))
+                .unwrap_or_else(|| PathBuf::from("target/release/ringbase")),
+            json: exe_dir
+                .as_ref()
+                .and_then(|d| d.parent())
+                .map(|t| t.join(json_name))
+                .unwrap_or_else(|| Path::new("target").join(json_name)),
+            exe_dir,
+        }
+    }
+}
+
+/// A bench's command line (without the program name), read flag by flag.
+#[derive(Debug)]
+pub struct Args {
+    /// What is left of it.
+    it: std::vec::IntoIter<String>,
+}
+
+impl Args {
+    /// The command line `args`.
+    pub fn new(args: impl IntoIterator<Item = String>) -> Args {
+        Args {
+            it: args.into_iter().collect::<Vec<_>>().into_iter(),
+        }
+    }
+
+    /// The next flag, or `None` at the end.
+    pub fn next_flag(&mut self) -> Option<String> {
+        self.it.next()
+    }
+
+    /// The value that follows `flag`.
+    ///
+    /// # Errors
+    ///
+    /// `"{flag} needs a value"` at the end of the command line.
+    pub fn value(&mut self, flag: &str) -> Result<String, String> {
+        self.it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))
+    }
+
+    /// The value that follows `flag`, as a path.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Args::value`].
+    pub fn path(&mut self, flag: &str) -> Result<PathBuf, String> {
+        self.value(flag).map(PathBuf::from)
+    }
+
+    /// The value that follows `flag`, as a number.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Args::value`]; `"{flag}: not a number: {v:?}"` if it does not parse.
+    pub fn number<T: FromStr>(&mut self, flag: &str) -> Result<T, String> {
+        let v = self.value(flag)?;
+        v.parse()
+            .map_err(|_| format!("{flag}: not a number: {v:?}"))
+    }
+
+    /// The value that follows `flag`, as a number of at least 1.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Args::number`]; `"{flag} must be at least 1"` for 0.
+    pub fn at_least_one(&mut self, flag: &str) -> Result<usize, String> {
+        match self.number(flag)? {
+            0 => Err(format!("{flag} must be at least 1")),
+            n => Ok(n),
+        }
+    }
+}
+
+/// The exit status of a bench (or of one of its child roles) that ended with
+/// `result`: success, or failure after printing `"{who}: {error}"` on stderr.
+pub fn exit_code<E: Display>(who: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit status (2) of a bench given a bad command line, after printing
+/// `"{who}: {msg}"` and the `usage` on stderr.
+pub fn usage_error(who: &str, msg: &str, usage: &str) -> ExitCode {
+    eprintln!("{who}: {msg}\n{usage}");
+    ExitCode::from(2)
+}
+
+/// Checks that the server binary a bench is to start exists.
+///
+/// # Errors
+///
+/// If `server` is not a file: a message that says how to build it.
+pub fn check_server(server: &Path) -> Result<(), String> {
+    if !server.is_file() {
+        return Err(format!(
+            "no server binary at {} (build it: cargo build --release -p ringbase-server, \
+             or pass --server PATH)",
+            server.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `results` as pretty JSON (and a newline) to `path`, creating its directory,
+/// and says so on stderr.
+///
+/// # Errors
+///
+/// Serialisation, directory creation and write errors (the latter naming `path`).
+pub fn write_json(path: &Path, results: &serde_json::Value) -> Result<(), Box<dyn Error>> {
+    let json = serde_json::to_string_pretty(results)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
 
 /// What must go when the bench ends, even when it ends without unwinding (the
 /// watchdog calls `process::exit`, which runs no destructors).
@@ -143,15 +299,7 @@ impl ChildGuard {
         ready_prefix: &str,
         timeout: Duration,
     ) -> io::Result<(ChildGuard, String)> {
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let guard = ChildGuard {
-            name: name.to_string(),
-            pid: child.id(),
-            child: Arc::new(Mutex::new(child)),
-        };
-        registry().children.push(Arc::downgrade(&guard.child));
-
+        let (guard, stdout) = ChildGuard::spawn_piped(name, cmd)?;
         let (tx, rx) = mpsc::channel();
         let prefix = ready_prefix.to_string();
         let label = name.to_string();
@@ -184,22 +332,46 @@ impl ChildGuard {
         }
     }
 
+    /// Spawns `cmd` with stdin and stdout piped (stderr as set) and registers it for
+    /// [`cleanup_all`]; returns the guard and the child's stdout.
+    fn spawn_piped(name: &str, cmd: &mut Command) -> io::Result<(ChildGuard, ChildStdout)> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let guard = ChildGuard {
+            name: name.to_string(),
+            pid: child.id(),
+            child: Arc::new(Mutex::new(child)),
+        };
+        registry().children.push(Arc::downgrade(&guard.child));
+        Ok((guard, stdout))
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Waits at most `wait` for the child to exit; describes its status.
-    fn try_status(&self, wait: Duration) -> String {
+    /// Waits at most `wait` for the child to exit, checking every `poll`; `None` if it
+    /// is still running.
+    fn wait_for(&self, wait: Duration, poll: Duration) -> io::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + wait;
         loop {
-            match lock_child(&self.child).try_wait() {
-                Ok(Some(s)) => return s.to_string(),
-                Ok(None) if Instant::now() < deadline => {}
-                Ok(None) => return "still running".into(),
-                Err(e) => return format!("unknown: {e}"),
+            if let Some(s) = lock_child(&self.child).try_wait()? {
+                return Ok(Some(s));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// Waits at most `wait` for the child to exit; describes its status.
+    fn try_status(&self, wait: Duration) -> String {
+        match self.wait_for(wait, Duration::from_millis(10)) {
+            Ok(Some(s)) => s.to_string(),
+            Ok(None) => "still running".into(),
+            Err(e) => format!("unknown: {e}"),
         }
     }
 }
@@ -258,14 +430,7 @@ impl ChildGuard {
     ///
     /// Spawn errors (the child is killed if the reader thread cannot start).
     pub fn spawn_lines(name: &str, cmd: &mut Command) -> io::Result<(ChildGuard, ChildLines)> {
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let guard = ChildGuard {
-            name: name.to_string(),
-            pid: child.id(),
-            child: Arc::new(Mutex::new(child)),
-        };
-        registry().children.push(Arc::downgrade(&guard.child));
+        let (guard, stdout) = ChildGuard::spawn_piped(name, cmd)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("{name}-stdout"))
@@ -297,6 +462,22 @@ impl ChildGuard {
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin is not piped"))?;
         stdin.write_all(format!("{line}\n").as_bytes())?;
         stdin.flush()
+    }
+
+    /// Closes the child's stdin (a child that reads it sees EOF) and waits at most
+    /// `timeout` for it to exit, killing it after that; describes how it ended.
+    pub fn close_and_wait(&self, timeout: Duration) -> String {
+        drop(lock_child(&self.child).stdin.take());
+        match self.wait_for(timeout, Duration::from_millis(5)) {
+            Ok(Some(s)) => s.to_string(),
+            Ok(None) => {
+                let mut c = lock_child(&self.child);
+                let _ = c.kill();
+                let _ = c.wait();
+                format!("killed after not exiting within {timeout:?}")
+            }
+            Err(e) => format!("status unknown: {e}"),
+        }
     }
 
     /// Asks the child to stop (SIGTERM) and waits at most `timeout` for it to exit;
@@ -584,6 +765,21 @@ pub struct OtherCpu {
     pub cores: f64,
     /// Total CPU time (a multiple of the clock tick).
     pub cpu_time: Duration,
+}
+
+/// Other processes' CPU use (in CPUs, on average) above which a measurement is flagged
+/// as disturbed...
+pub const DISTURBED_CORES: f64 = 0.25;
+/// ...if it is also at least this much CPU time (the meter counts 10 ms ticks, so one
+/// tick in a short phase is not evidence).
+pub const DISTURBED_MIN_CPU: Duration = Duration::from_millis(30);
+
+impl OtherCpu {
+    /// Whether other processes used enough CPU meanwhile to distrust the numbers: at
+    /// least [`DISTURBED_CORES`] CPUs and [`DISTURBED_MIN_CPU`] of CPU time.
+    pub fn disturbed(&self) -> bool {
+        self.cores >= DISTURBED_CORES && self.cpu_time >= DISTURBED_MIN_CPU
+    }
 }
 
 /// Memory of a process, from `/proc/PID/status`, in KiB.

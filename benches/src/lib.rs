@@ -2,8 +2,8 @@
 //!
 //! The binaries live in `src/bin/` (see `transport` for the transport benchmark); this
 //! library holds what they share: [`harness`] (child processes that are always
-//! reaped, private temp dirs, a watchdog so a bench always ends) and [`stats`]
-//! (latency summaries).
+//! reaped, private temp dirs, a watchdog so a bench always ends; default paths, command
+//! line, JSON output) and [`stats`] (latency summaries, and how numbers are shown).
 #![warn(missing_docs)]
 
 pub mod harness;

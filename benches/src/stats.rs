@@ -1,4 +1,6 @@
-//! Latency summaries from raw nanosecond samples.
+//! Latency summaries from raw nanosecond samples, and how the benches show them.
+
+use std::time::Instant;
 
 /// Percentiles and mean of a set of latency samples, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +50,62 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// The summary as JSON fields, times in microseconds: `samples`, `min_us`, `p50_us`,
+    /// `p99_us`, `p999_us`, `max_us`, `mean_us`.
+    pub fn json_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(fields) = serde_json::json!({
+            "samples": self.samples,
+            "min_us": self.min_ns as f64 / 1e3,
+            "p50_us": self.p50_ns as f64 / 1e3,
+            "p99_us": self.p99_ns as f64 / 1e3,
+            "p999_us": self.p999_ns as f64 / 1e3,
+            "max_us": self.max_ns as f64 / 1e3,
+            "mean_us": self.mean_ns / 1e3,
+        }) else {
+            unreachable!("json!({{..}}) is an object")
+        };
+        fields
+    }
+
+    /// [`Summary::json_fields`] as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.json_fields())
+    }
+}
+
+/// Nanoseconds as microseconds with two decimals.
+pub fn us(ns: u64) -> String {
+    format!("{:.2}", ns as f64 / 1e3)
+}
+
+/// A rate with thousands separators (`∞` if not finite).
+pub fn rate(r: f64) -> String {
+    if !r.is_finite() {
+        return "∞".into();
+    }
+    let digits = format!("{:.0}", r);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Cost of one `Instant::now()` in nanoseconds (included once in every timed sample).
+pub fn clock_read_ns() -> f64 {
+    const N: u32 = 1_000_000;
+    let t0 = Instant::now();
+    let mut last = t0;
+    for _ in 0..N {
+        last = std::hint::black_box(Instant::now());
+    }
+    (last - t0).as_nanos() as f64 / f64::from(N)
+}
+
 /// The nearest-rank `q`-quantile (`0 < q <= 1`) of `sorted` (ascending, non-empty): the
 /// smallest sample with at least `q` of all samples at or below it.
 pub fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -68,6 +126,13 @@ mod tests {
         assert_eq!(percentile(&v, 0.999), 999);
         assert_eq!(percentile(&v, 1.0), 1000);
         assert_eq!(percentile(&[7], 0.999), 7);
+    }
+
+    #[test]
+    fn rate_format() {
+        assert_eq!(rate(1234567.4), "1,234,567");
+        assert_eq!(rate(999.0), "999");
+        assert_eq!(rate(1000.0), "1,000");
     }
 
     #[test]

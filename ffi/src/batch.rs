@@ -7,8 +7,8 @@ use std::sync::Arc;
 use ::ringbase_client::BatchOp;
 
 use crate::error::{guard_value, Failure, RINGBASE_E_INTERNAL};
-use crate::handle::{bytes, enter, fail, handle, key as key_arg, on_state, ringbase_client};
-use crate::handle::{value_kind, Shared};
+use crate::handle::{enter, fail, free_box, handle, key as key_arg, on_state, put_args};
+use crate::handle::{ringbase_client, Shared};
 
 /// An atomic batch of puts and deletes (opaque), begun on a client by
 /// `ringbase_batch_begin`. Owned by the caller until `ringbase_batch_commit` or
@@ -93,11 +93,8 @@ pub unsafe extern "C" fn ringbase_batch_put(
     // SAFETY: `b` is NULL or a live batch, used by this thread only (caller's contract).
     let b = unsafe { b.as_mut() };
     with_batch(b, |ops| {
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
-        // SAFETY: `value_len` readable bytes (caller's contract).
-        let value = unsafe { bytes(value, value_len, "value") }?;
-        let kind = value_kind(kind)?;
+        // SAFETY: `key_len` and `value_len` readable bytes (caller's contract).
+        let (key, value, kind) = unsafe { put_args(key, key_len, value, value_len, kind) }?;
         ops.push(BatchOp::Put {
             key: key.to_string(),
             value: value.to_vec(),
@@ -176,11 +173,7 @@ pub unsafe extern "C" fn ringbase_batch_commit(b: *mut ringbase_batch) -> c_int 
 /// `b` is NULL or a live batch, not used again after this call.
 #[no_mangle]
 pub unsafe extern "C" fn ringbase_batch_abort(b: *mut ringbase_batch) {
-    guard_value((), || {
-        if !b.is_null() {
-            // SAFETY: `b` came from `Box::into_raw` and is ended once (caller's
-            // contract).
-            drop(unsafe { Box::from_raw(b) });
-        }
-    })
+    // SAFETY: `b` is NULL or came from `Box::into_raw` in `ringbase_batch_begin` and is
+    // ended once (caller's contract).
+    unsafe { free_box(b) }
 }

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, TryLockError};
 use ::ringbase_client::{Client, ErrorCode, Response, ValueKind, MAX_KEY_LEN};
 
 use crate::error::{
-    c_message, panic_message, server_code, set_thread_error, FResult, Failure, RINGBASE_E_CORRUPT,
-    RINGBASE_E_INTERNAL, RINGBASE_E_INVALID, RINGBASE_E_INVALID_KEY, RINGBASE_E_NOT_FOUND,
-    RINGBASE_E_TOO_LARGE, RINGBASE_OK,
+    c_message, guard_value, panic_message, server_code, set_thread_error, FResult, Failure,
+    RINGBASE_E_CORRUPT, RINGBASE_E_INTERNAL, RINGBASE_E_INVALID, RINGBASE_E_INVALID_KEY,
+    RINGBASE_E_NOT_FOUND, RINGBASE_E_TOO_LARGE, RINGBASE_OK,
 };
 use crate::{RINGBASE_BYTES, RINGBASE_JSON, RINGBASE_OP_DELETE, RINGBASE_OP_GET, RINGBASE_OP_PUT};
 
@@ -248,6 +248,28 @@ pub(crate) fn enter(
     }
 }
 
+/// [`enter`] for a call with one result: checks the out-parameter `p` (`name` in
+/// messages), then stores in `*p` what `body` returns (on failure `*p` is unchanged).
+///
+/// # Safety
+///
+/// `c` as for [`handle`]; `p` as for [`out`].
+pub(crate) unsafe fn enter_out<T>(
+    c: *const ringbase_client,
+    p: *mut T,
+    name: &str,
+    body: impl FnOnce(&mut State) -> FResult<T>,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract).
+        let p = unsafe { out(p, name) }?;
+        *p = body(st)?;
+        Ok(())
+    })
+}
+
 /// Records a failure that belongs to no handle and returns its code.
 pub(crate) fn fail(f: Failure) -> c_int {
     set_thread_error(&f.message);
@@ -319,6 +341,57 @@ pub(crate) unsafe fn key<'a>(p: *const c_char, len: usize, name: &str) -> FResul
             RINGBASE_E_INVALID_KEY,
             format!("{name} is not valid UTF-8: {e}"),
         )
+    })
+}
+
+/// The arguments of a put from C, checked in this order: the key (as for [`key`]), then
+/// the value and its kind (as for [`value_args`]).
+///
+/// # Safety
+///
+/// As for [`bytes`], for `key` with `key_len` and for `value` with `value_len`.
+pub(crate) unsafe fn put_args<'a>(
+    key_ptr: *const c_char,
+    key_len: usize,
+    value: *const c_void,
+    value_len: usize,
+    kind: c_int,
+) -> FResult<(&'a str, &'a [u8], ValueKind)> {
+    // SAFETY: `key_len` readable bytes (forwarded contract).
+    let key = unsafe { key(key_ptr, key_len, "key") }?;
+    // SAFETY: `value_len` readable bytes (forwarded contract).
+    let (value, kind) = unsafe { value_args(value, value_len, kind) }?;
+    Ok((key, value, kind))
+}
+
+/// The value of a put from C: its bytes (as for [`bytes`]), then its kind (as for
+/// [`value_kind`]).
+///
+/// # Safety
+///
+/// As for [`bytes`].
+pub(crate) unsafe fn value_args<'a>(
+    value: *const c_void,
+    value_len: usize,
+    kind: c_int,
+) -> FResult<(&'a [u8], ValueKind)> {
+    // SAFETY: forwarded contract.
+    let value = unsafe { bytes(value, value_len, "value") }?;
+    Ok((value, value_kind(kind)?))
+}
+
+/// Frees an object the caller owns (a batch or a list iterator) made by
+/// `Box::into_raw`. NULL is a no-op; a panic in its destructor is caught.
+///
+/// # Safety
+///
+/// `p` is NULL or came from `Box::into_raw` and is not used again after this call.
+pub(crate) unsafe fn free_box<T>(p: *mut T) {
+    guard_value((), || {
+        if !p.is_null() {
+            // SAFETY: from `Box::into_raw` and freed once (caller's contract).
+            drop(unsafe { Box::from_raw(p) });
+        }
     })
 }
 

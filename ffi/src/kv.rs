@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use ::ringbase_client::{Client, ConnectOptions, SpawnOptions};
 
-use crate::error::{guard, guard_value, Failure, RINGBASE_E_NOMEM, RINGBASE_E_NOT_FOUND};
+use crate::error::{guard, guard_value, FResult, Failure, RINGBASE_E_NOMEM, RINGBASE_E_NOT_FOUND};
 use crate::handle::{
-    bytes, c_str, enter, handle, key as key_arg, kind_code, out, out_opt, ringbase_client,
-    value_kind, State,
+    c_str, enter, enter_out, handle, key as key_arg, kind_code, out, out_opt, put_args,
+    ringbase_client, State,
 };
 
 fn new_handle(client: Client) -> *mut ringbase_client {
@@ -19,8 +19,75 @@ fn new_handle(client: Client) -> *mut ringbase_client {
     }))
 }
 
+/// The body of `ringbase_connect*`: checks `out` and sets it to NULL, decodes `name`
+/// (NULL = `"default"`), connects with `connect` and stores the new handle in `*out`.
+///
+/// # Safety
+///
+/// As for `ringbase_connect`.
+unsafe fn connect_into(
+    name: *const c_char,
+    out: *mut *mut ringbase_client,
+    connect: impl FnOnce(ConnectOptions) -> FResult<Client>,
+) -> c_int {
+    guard(|| {
+        // SAFETY: `out` is NULL or writable (caller's contract).
+        let out = unsafe { crate::handle::out(out, "out") }?;
+        *out = null_mut();
+        // SAFETY: `name` is NULL or NUL-terminated (caller's contract).
+        let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
+        let client = connect(ConnectOptions::new(name))?;
+        *out = new_handle(client);
+        Ok(())
+    })
+}
+
 fn not_found(key: &str) -> Failure {
     Failure::new(RINGBASE_E_NOT_FOUND, format!("no record for key {key:?}"))
+}
+
+/// The body of `ringbase_get` and `ringbase_get_view`: checks the out-arguments and
+/// clears them (`*value = null`, `*value_len = 0`), decodes the key and reads the
+/// record; then `*value` is what `place` makes of the value bytes, `*value_len` their
+/// length and `*kind` (if wanted) the record's kind.
+///
+/// # Safety
+///
+/// As for `ringbase_get`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn get_into<P>(
+    c: *mut ringbase_client,
+    key: *const c_char,
+    key_len: usize,
+    value: *mut P,
+    value_len: *mut usize,
+    kind: *mut c_int,
+    null: P,
+    place: impl FnOnce(&[u8]) -> FResult<P>,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract), for each of the three.
+        let (value_out, len_out, kind_out) = unsafe {
+            (
+                out(value, "value")?,
+                out(value_len, "value_len")?,
+                out_opt(kind),
+            )
+        };
+        *value_out = null;
+        *len_out = 0;
+        // SAFETY: `key_len` readable bytes (caller's contract).
+        let key = unsafe { key_arg(key, key_len, "key") }?;
+        let view = st.settle()?.get_view(key)?.ok_or_else(|| not_found(key))?;
+        *value_out = place(view.value)?;
+        *len_out = view.value.len();
+        if let Some(k) = kind_out {
+            *k = kind_code(view.kind);
+        }
+        Ok(())
+    })
 }
 
 /// Connects to the running server `name` (NULL = `"default"`).
@@ -49,16 +116,8 @@ pub unsafe extern "C" fn ringbase_connect(
     name: *const c_char,
     out: *mut *mut ringbase_client,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: `out` is NULL or writable (caller's contract).
-        let out = unsafe { crate::handle::out(out, "out") }?;
-        *out = null_mut();
-        // SAFETY: `name` is NULL or NUL-terminated (caller's contract).
-        let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
-        let client = Client::connect_with(ConnectOptions::new(name))?;
-        *out = new_handle(client);
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe { connect_into(name, out, |opts| Ok(Client::connect_with(opts)?)) }
 }
 
 /// Connects to the server `name` (NULL = `"default"`), starting it first if none is
@@ -89,22 +148,17 @@ pub unsafe extern "C" fn ringbase_connect_or_spawn(
     server_path: *const c_char,
     out: *mut *mut ringbase_client,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: `out` is NULL or writable (caller's contract).
-        let out = unsafe { crate::handle::out(out, "out") }?;
-        *out = null_mut();
-        // SAFETY: NULL or NUL-terminated (caller's contract).
-        let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
+    let spawn = |opts| {
         // SAFETY: NULL or NUL-terminated (caller's contract).
         let server_path = unsafe { c_str(server_path, "server_path") }?;
         let spawn = SpawnOptions {
             server_path: server_path.map(PathBuf::from),
             ..SpawnOptions::default()
         };
-        let client = Client::connect_or_spawn(ConnectOptions::new(name), spawn)?;
-        *out = new_handle(client);
-        Ok(())
-    })
+        Ok(Client::connect_or_spawn(opts, spawn)?)
+    };
+    // SAFETY: forwarded contract.
+    unsafe { connect_into(name, out, spawn) }
 }
 
 /// Closes the session and frees the handle. NULL is a no-op.
@@ -187,11 +241,8 @@ pub unsafe extern "C" fn ringbase_put(
     // SAFETY: `c` is NULL or a live handle (caller's contract).
     let h = unsafe { handle(c) };
     enter(h, |st| {
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
-        // SAFETY: `value_len` readable bytes (caller's contract).
-        let value = unsafe { bytes(value, value_len, "value") }?;
-        let kind = value_kind(kind)?;
+        // SAFETY: `key_len` and `value_len` readable bytes (caller's contract).
+        let (key, value, kind) = unsafe { put_args(key, key_len, value, value_len, kind) }?;
         st.settle()?.put(key, value, kind)?;
         Ok(())
     })
@@ -225,23 +276,8 @@ pub unsafe extern "C" fn ringbase_get(
     value_len: *mut usize,
     kind: *mut c_int,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract), for each of the three.
-        let (value_out, len_out, kind_out) = unsafe {
-            (
-                out(value, "value")?,
-                out(value_len, "value_len")?,
-                out_opt(kind),
-            )
-        };
-        *value_out = null_mut();
-        *len_out = 0;
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
-        let view = st.settle()?.get_view(key)?.ok_or_else(|| not_found(key))?;
-        let n = view.value.len();
+    let copy = |v: &[u8]| {
+        let n = v.len();
         // SAFETY: plain allocation of n + 1 bytes (never 0).
         let buf = unsafe { libc::malloc(n + 1) } as *mut u8;
         if buf.is_null() {
@@ -254,16 +290,13 @@ pub unsafe extern "C" fn ringbase_get(
         // stay valid until the next call on the client (none happens here).
         // Index n is inside the n + 1 allocated bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(view.value.as_ptr(), buf, n);
+            std::ptr::copy_nonoverlapping(v.as_ptr(), buf, n);
             *buf.add(n) = 0;
         }
-        *value_out = buf as *mut c_void;
-        *len_out = n;
-        if let Some(k) = kind_out {
-            *k = kind_code(view.kind);
-        }
-        Ok(())
-    })
+        Ok(buf as *mut c_void)
+    };
+    // SAFETY: forwarded contract.
+    unsafe { get_into(c, key, key_len, value, value_len, kind, null_mut(), copy) }
 }
 
 /// Reads the record under `key` without copying it: `*value` points at the value bytes
@@ -291,31 +324,22 @@ pub unsafe extern "C" fn ringbase_get_view(
     value_len: *mut usize,
     kind: *mut c_int,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract), for each of the three.
-        let (value_out, len_out, kind_out) = unsafe {
-            (
-                out(value, "value")?,
-                out(value_len, "value_len")?,
-                out_opt(kind),
-            )
-        };
-        *value_out = std::ptr::null();
-        *len_out = 0;
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
-        let view = st.settle()?.get_view(key)?.ok_or_else(|| not_found(key))?;
-        // The frame stays held in the response ring until the next call on the
-        // client, which is the lifetime documented above.
-        *value_out = view.value.as_ptr() as *const c_void;
-        *len_out = view.value.len();
-        if let Some(k) = kind_out {
-            *k = kind_code(view.kind);
-        }
-        Ok(())
-    })
+    // The frame stays held in the response ring until the next call on the client,
+    // which is the lifetime documented above.
+    let point = |v: &[u8]| Ok(v.as_ptr() as *const c_void);
+    // SAFETY: forwarded contract.
+    unsafe {
+        get_into(
+            c,
+            key,
+            key_len,
+            value,
+            value_len,
+            kind,
+            std::ptr::null(),
+            point,
+        )
+    }
 }
 
 /// Deletes the record under `key` (the server keeps a tombstone for replication).
@@ -370,17 +394,15 @@ pub unsafe extern "C" fn ringbase_count(
     prefix_len: usize,
     count: *mut u64,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let count = unsafe { out(count, "count") }?;
+    let count_prefix = |st: &mut State| {
         // SAFETY: `prefix_len` readable bytes (caller's contract).
         let prefix = unsafe { key_arg(prefix, prefix_len, "prefix") }?;
         let prefix = (!prefix.is_empty()).then_some(prefix);
-        *count = st.settle()?.count(prefix)?;
-        Ok(())
-    })
+        Ok(st.settle()?.count(prefix)?)
+    };
+    // SAFETY: `c` is NULL or a live handle; `count` is NULL or writable (caller's
+    // contract).
+    unsafe { enter_out(c, count, "count", count_prefix) }
 }
 
 /// The largest value `ringbase_put` (or a batch or submitted put) accepts on this
@@ -395,14 +417,13 @@ pub unsafe extern "C" fn ringbase_count(
 /// `c` is NULL or a live handle; `max` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ringbase_max_value_len(c: *mut ringbase_client, max: *mut usize) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let max = unsafe { out(max, "max") }?;
-        *max = usize::try_from(st.client()?.max_value_len()).unwrap_or(usize::MAX);
-        Ok(())
-    })
+    // SAFETY: `c` is NULL or a live handle; `max` is NULL or writable (caller's
+    // contract).
+    unsafe {
+        enter_out(c, max, "max", |st| {
+            Ok(usize::try_from(st.client()?.max_value_len()).unwrap_or(usize::MAX))
+        })
+    }
 }
 
 /// Server status, filled in by `ringbase_status`.
@@ -449,15 +470,11 @@ pub unsafe extern "C" fn ringbase_status(
     c: *mut ringbase_client,
     info: *mut ringbase_status_info,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let info = unsafe { out(info, "info") }?;
+    let status = |st: &mut State| {
         let s = st.settle()?.status()?;
         st.out_data_dir = crate::error::c_message(&s.data_dir);
         st.out_version = crate::error::c_message(&s.version);
-        *info = ringbase_status_info {
+        Ok(ringbase_status_info {
             records: s.records,
             uptime_ms: s.uptime_ms,
             db_size_bytes: s.db_size_bytes,
@@ -467,7 +484,9 @@ pub unsafe extern "C" fn ringbase_status(
             replica_id: s.replica_id,
             data_dir: st.out_data_dir.as_ptr(),
             version: st.out_version.as_ptr(),
-        };
-        Ok(())
-    })
+        })
+    };
+    // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's
+    // contract).
+    unsafe { enter_out(c, info, "info", status) }
 }

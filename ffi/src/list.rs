@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use ::ringbase_client::Record;
 
-use crate::error::{guard_value, Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{enter, fail, handle, key as key_arg, kind_code, on_state, out, out_opt};
-use crate::handle::{ringbase_client, Shared, State};
+use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
+use crate::handle::{enter, fail, free_box, handle, key as key_arg, kind_code, on_state};
+use crate::handle::{out, out_opt, ringbase_client, Shared, State};
 
 /// Records asked for per request (the server may return fewer: it caps a page at what
 /// fits in one response).
@@ -212,11 +212,7 @@ pub unsafe extern "C" fn ringbase_list_next(
 /// `it` is NULL or a live iterator, not used again after this call.
 #[no_mangle]
 pub unsafe extern "C" fn ringbase_list_free(it: *mut ringbase_list) {
-    guard_value((), || {
-        if !it.is_null() {
-            // SAFETY: `it` came from `Box::into_raw` in `ringbase_list_begin` and is
-            // freed once (caller's contract).
-            drop(unsafe { Box::from_raw(it) });
-        }
-    })
+    // SAFETY: `it` is NULL or came from `Box::into_raw` in `ringbase_list_begin` and is
+    // freed once (caller's contract).
+    unsafe { free_box(it) }
 }

@@ -6,7 +6,7 @@ use ::ringbase_client::Request;
 
 use crate::error::{c_message, FResult, RINGBASE_E_AGAIN, RINGBASE_OK};
 use crate::handle::{
-    bytes, complete, enter, handle, key as key_arg, out, ringbase_client, value_kind, Op, State,
+    complete, enter, enter_out, handle, key as key_arg, out, ringbase_client, value_args, Op, State,
 };
 
 /// A completed submitted request, filled in by `ringbase_poll`.
@@ -47,6 +47,35 @@ fn submit(st: &mut State, req: &Request, op: Op) -> FResult<u64> {
     Ok(ticket)
 }
 
+/// The body of the `ringbase_submit_*` calls: checks `ticket` and sets it to 0,
+/// decodes the key, makes the request of `op` with `request` (which reads the other
+/// arguments) and submits it, storing its ticket in `*ticket`.
+///
+/// # Safety
+///
+/// As for `ringbase_submit_get`.
+unsafe fn submit_key(
+    c: *mut ringbase_client,
+    key: *const c_char,
+    key_len: usize,
+    ticket: *mut u64,
+    op: Op,
+    request: impl FnOnce(&str) -> FResult<Request>,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract).
+        let ticket = unsafe { out(ticket, "ticket") }?;
+        *ticket = 0;
+        // SAFETY: `key_len` readable bytes (caller's contract).
+        let key = unsafe { key_arg(key, key_len, "key") }?;
+        let req = request(key)?;
+        *ticket = submit(st, &req, op)?;
+        Ok(())
+    })
+}
+
 /// Submits a get of `key` without waiting for it; `*ticket` identifies its completion
 /// in `ringbase_poll`. Tickets are unique per client, increasing, and never 0.
 ///
@@ -72,18 +101,12 @@ pub unsafe extern "C" fn ringbase_submit_get(
     key_len: usize,
     ticket: *mut u64,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let ticket = unsafe { out(ticket, "ticket") }?;
-        *ticket = 0;
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
-        let req = Request::Get { key: key.into() };
-        *ticket = submit(st, &req, Op::Get)?;
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe {
+        submit_key(c, key, key_len, ticket, Op::Get, |key| {
+            Ok(Request::Get { key: key.into() })
+        })
+    }
 }
 
 /// Submits a put without waiting for it (arguments as for `ringbase_put`, copied by
@@ -104,24 +127,17 @@ pub unsafe extern "C" fn ringbase_submit_put(
     kind: c_int,
     ticket: *mut u64,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let ticket = unsafe { out(ticket, "ticket") }?;
-        *ticket = 0;
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
+    let put = |key: &str| {
         // SAFETY: `value_len` readable bytes (caller's contract).
-        let value = unsafe { bytes(value, value_len, "value") }?;
-        let req = Request::Put {
+        let (value, kind) = unsafe { value_args(value, value_len, kind) }?;
+        Ok(Request::Put {
             key: key.into(),
             value: value.to_vec(),
-            kind: value_kind(kind)?,
-        };
-        *ticket = submit(st, &req, Op::Put)?;
-        Ok(())
-    })
+            kind,
+        })
+    };
+    // SAFETY: forwarded contract.
+    unsafe { submit_key(c, key, key_len, ticket, Op::Put, put) }
 }
 
 /// Submits a delete without waiting for it. Its completion has status
@@ -138,18 +154,12 @@ pub unsafe extern "C" fn ringbase_submit_delete(
     key_len: usize,
     ticket: *mut u64,
 ) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let ticket = unsafe { out(ticket, "ticket") }?;
-        *ticket = 0;
-        // SAFETY: `key_len` readable bytes (caller's contract).
-        let key = unsafe { key_arg(key, key_len, "key") }?;
-        let req = Request::Delete { key: key.into() };
-        *ticket = submit(st, &req, Op::Delete)?;
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe {
+        submit_key(c, key, key_len, ticket, Op::Delete, |key| {
+            Ok(Request::Delete { key: key.into() })
+        })
+    }
 }
 
 /// Returns the next completion of a submitted request, without ever waiting: never
@@ -234,12 +244,14 @@ pub unsafe extern "C" fn ringbase_poll(
 /// `c` is NULL or a live handle; `count` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ringbase_in_flight(c: *mut ringbase_client, count: *mut usize) -> c_int {
-    // SAFETY: `c` is NULL or a live handle (caller's contract).
-    let h = unsafe { handle(c) };
-    enter(h, |st| {
-        // SAFETY: NULL or writable (caller's contract).
-        let count = unsafe { out(count, "count") }?;
-        *count = st.pending.len() + st.ready.len();
-        Ok(())
-    })
+    // SAFETY: `c` is NULL or a live handle; `count` is NULL or writable (caller's
+    // contract).
+    unsafe {
+        enter_out(
+            c,
+            count,
+            "count",
+            |st| Ok(st.pending.len() + st.ready.len()),
+        )
+    }
 }

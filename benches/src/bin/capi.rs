@@ -47,14 +47,16 @@
 //! temp dir removed when the bench ends, errors and panics included.
 
 use std::error::Error;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use ringbase_benches::harness::{allowed_cpus, ChildGuard, CpuMeter, OtherCpu, TempDir, Watchdog};
-use ringbase_benches::stats::Summary;
+use ringbase_benches::harness::{
+    allowed_cpus, check_server, exit_code, usage_error, write_json, Args, ChildGuard, ChildLines,
+    CpuMeter, DefaultPaths, OtherCpu, TempDir, Watchdog, SERVER_READY,
+};
+use ringbase_benches::stats::{clock_read_ns, us, Summary};
 use ringbase_client::{Client, ConnectOptions, ValueKind, WaitMode};
 use serde_json::{json, Value};
 
@@ -68,8 +70,6 @@ const C_HEADER: &str = include_str!("../../../ffi/include/ringbase.h");
 
 /// Name of the server the bench starts.
 const SERVER_NAME: &str = "bench-capi";
-/// Prefix of the `ringbase serve` readiness line.
-const SERVER_READY: &str = "ringbase: serving";
 /// Prefix of the C child's readiness line (after connecting).
 const C_READY: &str = "capi: ready";
 /// Prefix of the C child's result line.
@@ -87,12 +87,6 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Goal: C p50 at most this many times the Rust p50, per operation.
 const GOAL_RATIO: f64 = 1.10;
-
-/// Other processes' CPU use (in CPUs, on average) above which a run is flagged as
-/// disturbed...
-const DISTURBED_CORES: f64 = 0.25;
-/// ...if it is also at least this much CPU time (the meter counts 10 ms ticks).
-const DISTURBED_MIN_CPU: Duration = Duration::from_millis(30);
 
 /// Usage text.
 const USAGE: &str = "\
@@ -211,21 +205,14 @@ impl Config {
     /// Defaults, scaled down 10x if `quick`.
     fn new(quick: bool) -> Config {
         let div = if quick { 10 } else { 1 };
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let paths = DefaultPaths::new("bench-capi.json");
         Config {
             quick,
-            server: exe_dir
-                .as_ref()
-                .map(|d| d.join("ringbase"))
-                .unwrap_or_else(|| PathBuf::from("target/release/ringbase")),
-            json: exe_dir
-                .as_ref()
-                .and_then(|d| d.parent())
-                .map(|t| t.join("bench-capi.json"))
-                .unwrap_or_else(|| PathBuf::from("target/bench-capi.json")),
-            lib_dir: exe_dir.unwrap_or_else(|| PathBuf::from("target/release")),
+            server: paths.server,
+            json: paths.json,
+            lib_dir: paths
+                .exe_dir
+                .unwrap_or_else(|| PathBuf::from("target/release")),
             cc: std::env::var("CC")
                 .ok()
                 .filter(|s| !s.is_empty())
@@ -251,32 +238,17 @@ enum Mode {
 
 /// Parses the command line (without the program name).
 fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mode, String> {
-    let args: Vec<String> = args.into_iter().collect();
+    let mut args = Args::new(args);
     let mut quick = false;
     let (mut server, mut json, mut lib_dir, mut cc, mut rounds) = (None, None, None, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
             "--quick" => quick = true,
-            "--server" => server = Some(PathBuf::from(value("--server")?)),
-            "--json" => json = Some(PathBuf::from(value("--json")?)),
-            "--lib-dir" => lib_dir = Some(PathBuf::from(value("--lib-dir")?)),
-            "--cc" => cc = Some(value("--cc")?),
-            "--rounds" => {
-                let v = value("--rounds")?;
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| format!("--rounds: not a number: {v:?}"))?;
-                if n == 0 {
-                    return Err("--rounds must be at least 1".into());
-                }
-                rounds = Some(n);
-            }
+            "--server" => server = Some(args.path("--server")?),
+            "--json" => json = Some(args.path("--json")?),
+            "--lib-dir" => lib_dir = Some(args.path("--lib-dir")?),
+            "--cc" => cc = Some(args.value("--cc")?),
+            "--rounds" => rounds = Some(args.at_least_one("--rounds")?),
             "-h" | "--help" => return Ok(Mode::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -297,17 +269,8 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(Mode::Bench(cfg)) => match run(&cfg) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("capi: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(msg) => {
-            eprintln!("capi: {msg}\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Ok(Mode::Bench(cfg)) => exit_code("capi", run(&cfg)),
+        Err(msg) => usage_error("capi", &msg, USAGE),
     }
 }
 
@@ -338,17 +301,6 @@ fn value_pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 37 + 11) as u8).collect()
 }
 
-/// Cost of one `Instant::now()` in nanoseconds (included once in every sample).
-fn clock_read_ns() -> f64 {
-    const N: u32 = 1_000_000;
-    let t0 = Instant::now();
-    let mut last = t0;
-    for _ in 0..N {
-        last = std::hint::black_box(Instant::now());
-    }
-    (last - t0).as_nanos() as f64 / f64::from(N)
-}
-
 /// One measured run of one API: a summary per operation.
 #[derive(Debug, Clone)]
 struct Run {
@@ -371,9 +323,7 @@ struct Run {
 impl Run {
     /// Whether other processes used enough CPU meanwhile to distrust the numbers.
     fn disturbed(&self) -> Option<f64> {
-        self.others_cpu
-            .filter(|o| o.cores >= DISTURBED_CORES && o.cpu_time >= DISTURBED_MIN_CPU)
-            .map(|o| o.cores)
+        self.others_cpu.filter(OtherCpu::disturbed).map(|o| o.cores)
     }
 }
 
@@ -393,14 +343,7 @@ struct Ctx<'a> {
 
 /// Runs the benchmark.
 fn run(cfg: &Config) -> Result<()> {
-    if !cfg.server.is_file() {
-        return Err(format!(
-            "no server binary at {} (build it: cargo build --release -p ringbase-server, \
-             or pass --server PATH)",
-            cfg.server.display()
-        )
-        .into());
-    }
+    check_server(&cfg.server)?;
     let lib = cfg.lib_dir.join("libringbase.so");
     if !lib.is_file() {
         return Err(format!(
@@ -502,14 +445,7 @@ fn run(cfg: &Config) -> Result<()> {
         clock_ns,
     };
     println!("{}", report.markdown());
-    let json = serde_json::to_string_pretty(&report.json())?;
-    if let Some(dir) = cfg.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&cfg.json, json + "\n")
-        .map_err(|e| format!("writing {}: {e}", cfg.json.display()))?;
-    eprintln!("results written to {}", cfg.json.display());
-    Ok(())
+    write_json(&cfg.json, &report.json())
 }
 
 /// Writes the C source and header into `dir` and compiles them against libringbase.so
@@ -687,118 +623,48 @@ fn check_len(op: &str, key: &str, len: Option<usize>, want: usize) -> Result<()>
 
 /// The C child: killed (if still running) and reaped when dropped.
 struct CChild {
-    /// The process.
-    child: Child,
-    /// Its stdin (closing it tells the child to exit).
-    stdin: Option<ChildStdin>,
-    /// Its stdout lines, from a reader thread; disconnected at EOF.
-    lines: Receiver<String>,
+    /// The process (closing its stdin tells it to exit).
+    guard: ChildGuard,
+    /// Its stdout lines.
+    lines: ChildLines,
 }
 
 impl CChild {
     /// Starts the compiled C side with `args`, talking to the bench server.
     fn spawn(ctx: &Ctx<'_>, args: &[String]) -> Result<CChild> {
-        let mut child = Command::new(&ctx.c_bin)
-            .args(args)
+        let mut cmd = Command::new(&ctx.c_bin);
+        cmd.args(args)
             .env("RINGBASE_RUNTIME_DIR", &ctx.runtime_dir)
-            .env("LD_LIBRARY_PATH", &ctx.cfg.lib_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+            .env("LD_LIBRARY_PATH", &ctx.cfg.lib_dir);
+        let (guard, lines) = ChildGuard::spawn_lines("capi_bench", &mut cmd)
             .map_err(|e| format!("starting {}: {e}", ctx.c_bin.display()))?;
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or("the C child's stdout is not piped")?;
-        let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("capi_bench-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        let c = CChild {
-            child,
-            stdin,
-            lines: rx,
-        };
-        // On error `c` is dropped here: the child is killed and reaped.
-        spawned?;
-        Ok(c)
+        Ok(CChild { guard, lines })
     }
 
     /// Waits at most `timeout` for a stdout line starting with `prefix`; returns the
     /// rest of it. Other lines are copied to our stderr.
-    fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => match line.strip_prefix(prefix) {
-                    Some(rest) => return Ok(rest.to_string()),
-                    None => eprintln!("[capi_bench] {line}"),
-                },
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(
-                        format!("capi_bench printed no {prefix:?} within {timeout:?}").into(),
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.wait_exit(EXIT_TIMEOUT);
-                    return Err(format!(
-                        "capi_bench exited before a {prefix:?} line ({status}); \
-                         its error is above"
-                    )
-                    .into());
-                }
+    fn expect(&self, prefix: &str, timeout: Duration) -> Result<String> {
+        match self.lines.expect(prefix, timeout) {
+            Ok(line) => Ok(line[prefix.len()..].to_string()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(format!("capi_bench printed no {prefix:?} within {timeout:?}").into())
             }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                let status = self.wait_exit(EXIT_TIMEOUT);
+                Err(format!(
+                    "capi_bench exited before a {prefix:?} line ({status}); \
+                     its error is above"
+                )
+                .into())
+            }
+            Err(e) => Err(e.into()),
         }
-    }
-
-    /// Writes a line to the child's stdin.
-    fn send_line(&mut self, line: &str) -> io::Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin closed"))?;
-        stdin.write_all(format!("{line}\n").as_bytes())?;
-        stdin.flush()
     }
 
     /// Closes the child's stdin and waits at most `timeout` for it to exit (killing it
     /// after that); describes how it ended.
-    fn wait_exit(&mut self, timeout: Duration) -> String {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => return s.to_string(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return format!("killed after not exiting within {timeout:?}");
-                }
-                Err(e) => return format!("status unknown: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for CChild {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+    fn wait_exit(&self, timeout: Duration) -> String {
+        self.guard.close_and_wait(timeout)
     }
 }
 
@@ -821,11 +687,11 @@ fn c_run(ctx: &Ctx<'_>, round: usize, seq: usize) -> Result<Run> {
     .chain(["--go-stdin".to_string()])
     .collect();
     ctx.wd.arm("C API connect", SETUP_LIMIT);
-    let mut child = CChild::spawn(ctx, &args)?;
+    let child = CChild::spawn(ctx, &args)?;
     let pid = child.expect(C_READY, READY_TIMEOUT)?;
-    let meter = CpuMeter::start(&[std::process::id(), ctx.server_pid, child.child.id()]);
+    let meter = CpuMeter::start(&[std::process::id(), ctx.server_pid, child.guard.pid()]);
     ctx.wd.arm("C API run", PHASE_LIMIT);
-    child.send_line("go")?;
+    child.guard.send_line("go")?;
     let line = child.expect(C_RESULT, PHASE_LIMIT)?;
     let others_cpu = meter.and_then(|m| m.others());
     ctx.wd.arm("C API exit", SETUP_LIMIT);
@@ -1043,21 +909,10 @@ impl Report {
 
     /// The results as JSON.
     fn json(&self) -> Value {
-        let summary = |l: &Summary| {
-            json!({
-                "samples": l.samples,
-                "min_us": l.min_ns as f64 / 1e3,
-                "p50_us": l.p50_ns as f64 / 1e3,
-                "p99_us": l.p99_ns as f64 / 1e3,
-                "p999_us": l.p999_ns as f64 / 1e3,
-                "max_us": l.max_ns as f64 / 1e3,
-                "mean_us": l.mean_ns / 1e3,
-            })
-        };
         let run = |r: &Run| {
             let ops: serde_json::Map<_, _> = Op::ALL
                 .iter()
-                .map(|&op| (op.key().to_string(), summary(&r.ops[op.index()])))
+                .map(|&op| (op.key().to_string(), r.ops[op.index()].to_json()))
                 .collect();
             json!({
                 "api": r.api.label(),
@@ -1122,11 +977,6 @@ impl Report {
             "disturbed": !self.disturbed().is_empty(),
         })
     }
-}
-
-/// Nanoseconds as microseconds with two decimals.
-fn us(ns: u64) -> String {
-    format!("{:.2}", ns as f64 / 1e3)
 }
 
 #[cfg(test)]

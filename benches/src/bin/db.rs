@@ -69,10 +69,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringbase_benches::harness::{
-    allowed_cpus, dir_size, proc_memory, ChildGuard, ChildLines, CpuMeter, OtherCpu, ProcMemory,
-    TempDir, Watchdog,
+    allowed_cpus, check_server, dir_size, exit_code, proc_memory, usage_error, write_json, Args,
+    ChildGuard, ChildLines, CpuMeter, DefaultPaths, OtherCpu, ProcMemory, TempDir, Watchdog,
+    SERVER_READY,
 };
-use ringbase_benches::stats::Summary;
+use ringbase_benches::stats::{clock_read_ns, rate, us, Summary};
 use ringbase_client::{BatchOp, Client, ConnectOptions, Request, ValueKind, WaitMode};
 use ringbase_protocol::message::ArchivedResponse;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -83,8 +84,6 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 /// Name of the servers the bench starts.
 const SERVER_NAME: &str = "bench-db";
-/// Prefix of the `ringbase serve` readiness line.
-const SERVER_READY: &str = "ringbase: serving";
 /// Longest wait for the server's readiness line (the goal is 2 s; this is a hang guard).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for the server to exit after SIGTERM.
@@ -111,12 +110,6 @@ const RESTARTS: usize = 3;
 const SERVER_VFS: &str = "unix-excl";
 /// Records per transaction when preloading the SQLite baseline.
 const BASELINE_LOAD_TXN: usize = 10_000;
-
-/// Other processes' CPU use (in CPUs, on average) above which a row is flagged as
-/// disturbed...
-const DISTURBED_CORES: f64 = 0.25;
-/// ...if it is also at least this much CPU time (the meter counts 10 ms ticks).
-const DISTURBED_MIN_CPU: Duration = Duration::from_millis(30);
 
 /// Goal: get RTT p50 (busy-poll, one client), µs.
 const GOAL_GET_P50_US: f64 = 2.0;
@@ -204,20 +197,11 @@ struct Config {
 impl Config {
     /// Defaults, shorter if `quick`.
     fn new(quick: bool) -> Config {
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let paths = DefaultPaths::new("bench-db.json");
         Config {
             quick,
-            server: exe_dir
-                .as_ref()
-                .map(|d| d.join("ringbase"))
-                .unwrap_or_else(|| PathBuf::from("target/release/ringbase")),
-            json: exe_dir
-                .as_ref()
-                .and_then(|d| d.parent())
-                .map(|t| t.join("bench-db.json"))
-                .unwrap_or_else(|| PathBuf::from("target/bench-db.json")),
+            server: paths.server,
+            json: paths.json,
             window: 64,
             kind: ValueKind::Json,
             keys: 100_000,
@@ -257,7 +241,7 @@ fn kind_name(k: ValueKind) -> &'static str {
 
 /// Parses the command line (without the program name).
 fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mode, String> {
-    let args: Vec<String> = args.into_iter().collect();
+    let mut args = Args::new(args);
     let mut quick = false;
     let mut server = None;
     let mut json = None;
@@ -271,25 +255,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mod
     let mut runtime_dir = None;
     let mut kind = None;
     let mut seed = 1u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
             "--quick" => quick = true,
-            "--server" => server = Some(PathBuf::from(value("--server")?)),
-            "--json" => json = Some(PathBuf::from(value("--json")?)),
-            "--window" => window = Some(count_arg("--window", &value("--window")?)?),
+            "--server" => server = Some(args.path("--server")?),
+            "--json" => json = Some(args.path("--json")?),
+            "--window" => window = Some(count_arg("--window", &args.value("--window")?)?),
             "--bytes" => bytes = true,
-            "--keys" => keys = Some(count_arg("--keys", &value("--keys")?)?),
+            "--keys" => keys = Some(count_arg("--keys", &args.value("--keys")?)?),
             "--rss-records" => {
-                rss_records = Some(count_arg("--rss-records", &value("--rss-records")?)?)
+                rss_records = Some(count_arg("--rss-records", &args.value("--rss-records")?)?)
             }
             "--secs" => {
-                let v = value("--secs")?;
+                let v = args.value("--secs")?;
                 let s: f64 = v
                     .parse()
                     .ok()
@@ -297,16 +275,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mod
                     .ok_or_else(|| format!("--secs: expected seconds in (0, 600], got {v:?}"))?;
                 secs = Some(Duration::from_secs_f64(s));
             }
-            "--baseline-vfs" => baseline_vfs = Some(value("--baseline-vfs")?),
+            "--baseline-vfs" => baseline_vfs = Some(args.value("--baseline-vfs")?),
             "--client-role" => client_role = true,
-            "--runtime-dir" => runtime_dir = Some(PathBuf::from(value("--runtime-dir")?)),
-            "--kind" => kind = Some(kind_arg(&value("--kind")?)?),
-            "--seed" => {
-                let v = value("--seed")?;
-                seed = v
-                    .parse()
-                    .map_err(|_| format!("--seed: not a number: {v:?}"))?;
-            }
+            "--runtime-dir" => runtime_dir = Some(args.path("--runtime-dir")?),
+            "--kind" => kind = Some(kind_arg(&args.value("--kind")?)?),
+            "--seed" => seed = args.number("--seed")?,
             "-h" | "--help" => return Ok(Mode::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -342,24 +315,12 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(Mode::Client(args)) => match client_role(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("db-client {}: {e}", std::process::id());
-                ExitCode::FAILURE
-            }
-        },
-        Ok(Mode::Bench(cfg)) => match run(&cfg) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("db: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(msg) => {
-            eprintln!("db: {msg}\n{USAGE}");
-            ExitCode::from(2)
+        Ok(Mode::Client(args)) => {
+            let who = format!("db-client {}", std::process::id());
+            exit_code(&who, client_role(&args))
         }
+        Ok(Mode::Bench(cfg)) => exit_code("db", run(&cfg)),
+        Err(msg) => usage_error("db", &msg, USAGE),
     }
 }
 
@@ -1682,9 +1643,7 @@ impl Report {
         );
         let mut disturbed = false;
         for r in &self.rows {
-            let noisy =
-                |o: &OtherCpu| o.cores >= DISTURBED_CORES && o.cpu_time >= DISTURBED_MIN_CPU;
-            if let Some(c) = r.others_cpu.filter(noisy).map(|o| o.cores) {
+            if let Some(c) = r.others_cpu.filter(OtherCpu::disturbed).map(|o| o.cores) {
                 disturbed = true;
                 s += &format!(
                     "DISTURBED: other processes kept {c:.2} CPUs busy during {} / {} / {} \
@@ -1793,17 +1752,6 @@ impl Report {
 
     /// The results as JSON.
     fn json(&self) -> Value {
-        let lat = |l: &Summary| {
-            json!({
-                "samples": l.samples,
-                "min_us": l.min_ns as f64 / 1e3,
-                "p50_us": l.p50_ns as f64 / 1e3,
-                "p99_us": l.p99_ns as f64 / 1e3,
-                "p999_us": l.p999_ns as f64 / 1e3,
-                "max_us": l.max_ns as f64 / 1e3,
-                "mean_us": l.mean_ns / 1e3,
-            })
-        };
         let rows: Vec<_> = self
             .rows
             .iter()
@@ -1816,12 +1764,12 @@ impl Report {
                     "sequential": {
                         "ops_per_s": r.seq.rate,
                         "ops": r.seq.ops,
-                        "rtt": lat(&r.seq.latency),
+                        "rtt": r.seq.latency.to_json(),
                     },
                     "pipelined": r.pipelined.map(|p| json!({
                         "ops_per_s": p.rate,
                         "ops": p.ops,
-                        "window_rtt": lat(&p.latency),
+                        "window_rtt": p.latency.to_json(),
                     })),
                     "others_cpu_cores": r.others_cpu.map(|o| o.cores),
                     "others_cpu_ms": r.others_cpu.map(|o| o.cpu_time.as_secs_f64() * 1e3),
@@ -1895,48 +1843,9 @@ impl Report {
     }
 }
 
-/// Nanoseconds as microseconds with two decimals.
-fn us(ns: u64) -> String {
-    format!("{:.2}", ns as f64 / 1e3)
-}
-
-/// A rate with thousands separators.
-fn rate(r: f64) -> String {
-    if !r.is_finite() {
-        return "∞".into();
-    }
-    let digits = format!("{:.0}", r);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Cost of one `Instant::now()` in nanoseconds (included once in every RTT sample).
-fn clock_read_ns() -> f64 {
-    const N: u32 = 1_000_000;
-    let t0 = Instant::now();
-    let mut last = t0;
-    for _ in 0..N {
-        last = std::hint::black_box(Instant::now());
-    }
-    (last - t0).as_nanos() as f64 / f64::from(N)
-}
-
 /// Runs the benchmark.
 fn run(cfg: &Config) -> Result<()> {
-    if !cfg.server.is_file() {
-        return Err(format!(
-            "no server binary at {} (build it: cargo build --release -p ringbase-server, \
-             or pass --server PATH)",
-            cfg.server.display()
-        )
-        .into());
-    }
+    check_server(&cfg.server)?;
     let wd = Watchdog::start()?;
     // Dropped last: the children are killed before their files are removed.
     let tmp = TempDir::new("ringbase-bench-db")?;
@@ -1970,14 +1879,7 @@ fn run(cfg: &Config) -> Result<()> {
         clock_ns,
     };
     println!("{}", report.markdown());
-    let json = serde_json::to_string_pretty(&report.json())?;
-    if let Some(dir) = cfg.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&cfg.json, json + "\n")
-        .map_err(|e| format!("writing {}: {e}", cfg.json.display()))?;
-    eprintln!("results written to {}", cfg.json.display());
-    Ok(())
+    write_json(&cfg.json, &report.json())
 }
 
 #[cfg(test)]

@@ -49,9 +49,10 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use ringbase_benches::harness::{
-    allowed_cpus, ChildGuard, CpuMeter, OtherCpu, PinGuard, TempDir, Watchdog,
+    allowed_cpus, check_server, exit_code, usage_error, write_json, Args, ChildGuard, CpuMeter,
+    DefaultPaths, OtherCpu, PinGuard, TempDir, Watchdog, SERVER_READY,
 };
-use ringbase_benches::stats::Summary;
+use ringbase_benches::stats::{clock_read_ns, rate, us, Summary};
 use ringbase_client::{Client, ConnectOptions, Request, Response, WaitMode};
 
 /// Result type of the bench.
@@ -59,8 +60,6 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 /// Name of the server the bench starts.
 const SERVER_NAME: &str = "bench";
-/// Prefix of the `ringbase serve` readiness line.
-const SERVER_READY: &str = "ringbase: serving";
 /// Readiness line of the UDS baseline server.
 const UDS_READY: &str = "uds-server: ready";
 /// Longest wait for a server's readiness line.
@@ -88,13 +87,6 @@ const KIND_ECHO: u8 = 2;
 const KIND_PONG: u8 = 0x81;
 /// UDS frame kind of the answer to Echo (payload: the echoed bytes).
 const KIND_ECHO_REPLY: u8 = 0x82;
-
-/// Other processes' CPU use (in CPUs, on average) above which a row is flagged as
-/// disturbed...
-const DISTURBED_CORES: f64 = 0.25;
-/// ...if it is also at least this much CPU time (the meter counts 10 ms ticks, so one
-/// tick in a short phase is not evidence).
-const DISTURBED_MIN_CPU: Duration = Duration::from_millis(30);
 
 /// Goal: busy-poll round-trip p50 at most this many µs.
 const GOAL_BUSY_P50_US: f64 = 1.0;
@@ -160,20 +152,11 @@ impl Config {
     /// Defaults, scaled down 10x if `quick`.
     fn new(quick: bool) -> Config {
         let div = if quick { 10 } else { 1 };
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let paths = DefaultPaths::new("bench-transport.json");
         Config {
             quick,
-            server: exe_dir
-                .as_ref()
-                .map(|d| d.join("ringbase"))
-                .unwrap_or_else(|| PathBuf::from("target/release/ringbase")),
-            json: exe_dir
-                .as_ref()
-                .and_then(|d| d.parent())
-                .map(|t| t.join("bench-transport.json"))
-                .unwrap_or_else(|| PathBuf::from("target/bench-transport.json")),
+            server: paths.server,
+            json: paths.json,
             window: 64,
             warmup: 10_000 / div,
             busy_calls: 200_000 / div,
@@ -187,42 +170,21 @@ impl Config {
 
 /// Parses the command line (without the program name).
 fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mode, String> {
-    let args: Vec<String> = args.into_iter().collect();
+    let mut args = Args::new(args);
     let mut quick = false;
     let mut server = None;
     let mut json = None;
     let mut window = None;
     let mut uds_server = None;
     let mut cpu = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
             "--quick" => quick = true,
-            "--server" => server = Some(PathBuf::from(value("--server")?)),
-            "--json" => json = Some(PathBuf::from(value("--json")?)),
-            "--window" => {
-                let v = value("--window")?;
-                let w: usize = v
-                    .parse()
-                    .map_err(|_| format!("--window: not a number: {v:?}"))?;
-                if w == 0 {
-                    return Err("--window must be at least 1".into());
-                }
-                window = Some(w);
-            }
-            "--uds-server" => uds_server = Some(PathBuf::from(value("--uds-server")?)),
-            "--cpu" => {
-                let v = value("--cpu")?;
-                cpu = Some(
-                    v.parse()
-                        .map_err(|_| format!("--cpu: not a number: {v:?}"))?,
-                );
-            }
+            "--server" => server = Some(args.path("--server")?),
+            "--json" => json = Some(args.path("--json")?),
+            "--window" => window = Some(args.at_least_one("--window")?),
+            "--uds-server" => uds_server = Some(args.path("--uds-server")?),
+            "--cpu" => cpu = Some(args.number("--cpu")?),
             "-h" | "--help" => return Ok(Mode::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -244,24 +206,9 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(Mode::UdsServer { path, cpu }) => match uds_server(&path, cpu) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("uds-server: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(Mode::Bench(cfg)) => match run(&cfg) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("transport: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(msg) => {
-            eprintln!("transport: {msg}\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Ok(Mode::UdsServer { path, cpu }) => exit_code("uds-server", uds_server(&path, cpu)),
+        Ok(Mode::Bench(cfg)) => exit_code("transport", run(&cfg)),
+        Err(msg) => usage_error("transport", &msg, USAGE),
     }
 }
 
@@ -646,17 +593,6 @@ fn measure<T: Transport>(
     Ok(row)
 }
 
-/// Cost of one `Instant::now()` in nanoseconds (included once in every RTT sample).
-fn clock_read_ns() -> f64 {
-    const N: u32 = 1_000_000;
-    let t0 = Instant::now();
-    let mut last = t0;
-    for _ in 0..N {
-        last = std::hint::black_box(Instant::now());
-    }
-    (last - t0).as_nanos() as f64 / f64::from(N)
-}
-
 /// Label of the shm rows with idle gaps.
 const IDLE: &str = "shm adaptive, 1 ms idle";
 /// Label of the busy-poll rows (the reference of the ratio goal).
@@ -664,14 +600,7 @@ const BUSY: &str = "shm busy-poll";
 
 /// Runs the benchmark.
 fn run(cfg: &Config) -> Result<()> {
-    if !cfg.server.is_file() {
-        return Err(format!(
-            "no server binary at {} (build it: cargo build --release -p ringbase-server, \
-             or pass --server PATH)",
-            cfg.server.display()
-        )
-        .into());
-    }
+    check_server(&cfg.server)?;
     let wd = Watchdog::start()?;
     // Dropped last: the children are killed before their files are removed.
     let tmp = TempDir::new("ringbase-bench")?;
@@ -690,14 +619,7 @@ fn run(cfg: &Config) -> Result<()> {
 
     let report = Report::new(cfg, rows, cpus.len(), clock_ns);
     println!("{}", report.markdown());
-    let json = serde_json::to_string_pretty(&report.json())?;
-    if let Some(dir) = cfg.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&cfg.json, json + "\n")
-        .map_err(|e| format!("writing {}: {e}", cfg.json.display()))?;
-    eprintln!("results written to {}", cfg.json.display());
-    Ok(())
+    write_json(&cfg.json, &report.json())
 }
 
 /// Starts `ringbase serve` with runtime and data dirs under `tmp`, measures the shm
@@ -934,9 +856,7 @@ impl Report {
               to two CPUs; the ratio goal is checked against the fastest.\n\n";
         let mut disturbed = false;
         for r in &self.rows {
-            let noisy =
-                |o: &OtherCpu| o.cores >= DISTURBED_CORES && o.cpu_time >= DISTURBED_MIN_CPU;
-            if let Some(c) = r.others_cpu.filter(noisy).map(|o| o.cores) {
+            if let Some(c) = r.others_cpu.filter(OtherCpu::disturbed).map(|o| o.cores) {
                 disturbed = true;
                 s += &format!(
                     "DISTURBED: other processes kept {c:.2} CPUs busy during {} / {}: \
@@ -975,23 +895,20 @@ impl Report {
             .rows
             .iter()
             .map(|r| {
-                let l = &r.latency;
-                serde_json::json!({
+                let mut row = serde_json::json!({
                     "transport": r.transport,
                     "message": r.msg.key(),
-                    "samples": l.samples,
-                    "min_us": l.min_ns as f64 / 1e3,
-                    "p50_us": l.p50_ns as f64 / 1e3,
-                    "p99_us": l.p99_ns as f64 / 1e3,
-                    "p999_us": l.p999_ns as f64 / 1e3,
-                    "max_us": l.max_ns as f64 / 1e3,
-                    "mean_us": l.mean_ns / 1e3,
                     "rtt_msgs_per_s": r.rtt_rate,
                     "pipelined_msgs_per_s": r.pipelined.map(|p| p.0),
                     "pipelined_msgs": r.pipelined.map(|p| p.1),
                     "others_cpu_cores": r.others_cpu.map(|o| o.cores),
                     "others_cpu_ms": r.others_cpu.map(|o| o.cpu_time.as_secs_f64() * 1e3),
-                })
+                });
+                // The latency fields go into the row itself.
+                row.as_object_mut()
+                    .expect("a JSON object")
+                    .extend(r.latency.json_fields());
+                row
             })
             .collect();
         let ratios: serde_json::Map<_, _> = Msg::ALL
@@ -1038,27 +955,6 @@ impl Report {
     }
 }
 
-/// Nanoseconds as microseconds with two decimals.
-fn us(ns: u64) -> String {
-    format!("{:.2}", ns as f64 / 1e3)
-}
-
-/// A rate with thousands separators.
-fn rate(r: f64) -> String {
-    if !r.is_finite() {
-        return "∞".into();
-    }
-    let digits = format!("{:.0}", r);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1088,13 +984,6 @@ mod tests {
         assert!(parse_args(args(&["--window", "0"])).is_err());
         assert!(parse_args(args(&["--window"])).is_err());
         assert!(parse_args(args(&["--bogus"])).is_err());
-    }
-
-    #[test]
-    fn rate_format() {
-        assert_eq!(rate(1234567.4), "1,234,567");
-        assert_eq!(rate(999.0), "999");
-        assert_eq!(rate(1000.0), "1,000");
     }
 
     #[test]
