@@ -189,7 +189,7 @@ impl Client {
         sock.inner().set_read_timeout(None)?;
         let backoff = match opts.wait {
             WaitMode::Adaptive => {
-                Backoff::new(Duration::from_micros(20), Duration::from_micros(500))
+                Backoff::new(Duration::from_micros(20), Duration::from_micros(100))
             }
             WaitMode::BusyPoll => Backoff::busy(),
         };
