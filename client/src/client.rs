@@ -38,6 +38,11 @@ pub struct ConnectOptions {
     pub rings: RingSizes,
     /// How to wait for responses.
     pub wait: WaitMode,
+    /// Longest a call waits for the server (checked about every 20 ms); `None` (the
+    /// default) waits as long as the server lives. A call that times out returns
+    /// [`Error::TimedOut`] and ends the session: its response may still come, so the
+    /// client must reconnect.
+    pub call_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -52,6 +57,7 @@ impl ConnectOptions {
                 event: 0,
             },
             wait: WaitMode::Adaptive,
+            call_timeout: None,
         }
     }
 
@@ -70,6 +76,12 @@ impl ConnectOptions {
     /// Sets the wait mode.
     pub fn wait(mut self, wait: WaitMode) -> Self {
         self.wait = wait;
+        self
+    }
+
+    /// Sets the call timeout (see [`ConnectOptions::call_timeout`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
         self
     }
 
@@ -102,6 +114,7 @@ pub struct Client {
     held: Option<FrameRef>,
     scratch: AlignedVec<16>,
     backoff: Backoff,
+    call_timeout: Option<Duration>,
     dead: bool,
 }
 
@@ -209,6 +222,7 @@ impl Client {
             held: None,
             scratch: AlignedVec::new(),
             backoff,
+            call_timeout: opts.call_timeout,
             dead: false,
         })
     }
@@ -252,6 +266,9 @@ impl Client {
     /// [`Error::Disconnected`] if the server is gone; [`Error::TooLarge`] if the request
     /// does not fit the session's rings; [`Error::Server`] if the server refused it.
     pub fn call(&mut self, req: &Request) -> Result<Response> {
+        if self.dead {
+            return Err(Error::Disconnected);
+        }
         if !self.in_flight.is_empty() {
             return Err(Error::Invalid(format!(
                 "{} pipelined responses must be received before a blocking call",
@@ -452,6 +469,22 @@ impl Client {
         true
     }
 
+    /// Called between waiting slices of a call that started at `started`: fails (and
+    /// ends the session) if the server is gone or the call timeout has passed.
+    fn check_server(&mut self, started: Instant) -> Result<()> {
+        if !self.server_alive() {
+            self.dead = true;
+            return Err(Error::Disconnected);
+        }
+        if let Some(t) = self.call_timeout {
+            if started.elapsed() >= t {
+                self.dead = true;
+                return Err(Error::TimedOut(t));
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for the next response frame: spin, then futex sleep in slices, checking
     /// between slices that the server is alive.
     fn wait_frame(&mut self) -> Result<FrameRef> {
@@ -461,6 +494,7 @@ impl Client {
         if self.in_flight.is_empty() {
             return Err(Error::Invalid("no request in flight".into()));
         }
+        let started = Instant::now();
         let mut w = self.backoff.start();
         let mut slept = false;
         // Reading the clock costs ~20 ns: while spinning, look at it (to notice a dead
@@ -482,9 +516,8 @@ impl Client {
             if w.step() == Phase::Sleep {
                 slept = true;
                 let _ = self.resp.sleep(LIVENESS_SLICE);
-                if !self.resp.has_data().unwrap_or(true) && !self.server_alive() {
-                    self.dead = true;
-                    return Err(Error::Disconnected);
+                if !self.resp.has_data().unwrap_or(true) {
+                    self.check_server(started)?;
                 }
                 continue;
             }
@@ -493,10 +526,9 @@ impl Client {
                 let now = Instant::now();
                 let since = *last_check.get_or_insert(now);
                 if now - since >= LIVENESS_SLICE {
-                    // Busy-polling: still notice a dead server.
-                    if !self.server_alive() && !self.resp.has_data().unwrap_or(true) {
-                        self.dead = true;
-                        return Err(Error::Disconnected);
+                    // Busy-polling: still notice a dead server (or a timeout).
+                    if !self.resp.has_data().unwrap_or(true) {
+                        self.check_server(started)?;
                     }
                     last_check = Some(now);
                 }
@@ -508,8 +540,9 @@ impl Client {
     /// keep writing) and wait until `len` bytes fit.
     fn wait_for_space(&mut self, len: u64) -> Result<()> {
         self.req.flush();
+        let started = Instant::now();
         let mut w = self.backoff.start();
-        let mut last_check = Instant::now();
+        let mut last_check = started;
         loop {
             self.drain_to_stash()?;
             if self
@@ -523,10 +556,7 @@ impl Client {
                 let _ = self.req.sleep_for_space(len, Duration::from_millis(1));
             }
             if last_check.elapsed() >= LIVENESS_SLICE {
-                if !self.server_alive() {
-                    self.dead = true;
-                    return Err(Error::Disconnected);
-                }
+                self.check_server(started)?;
                 last_check = Instant::now();
             }
         }

@@ -11,6 +11,11 @@ pub enum Error {
     /// client must reconnect; requests in flight may or may not have been applied.
     #[error("disconnected from the ringbase server")]
     Disconnected,
+    /// The server did not answer within the call timeout
+    /// ([`crate::ConnectOptions::call_timeout`]). The session is over (its response may
+    /// still arrive); reconnect.
+    #[error("the server did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// No server is listening for this name.
     #[error("no ringbase server is running at {path}: {source}")]
     NotRunning {

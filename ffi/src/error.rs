@@ -99,6 +99,9 @@ impl From<Error> for Failure {
             Error::Protocol(_) => RINGBASE_E_CORRUPT,
             Error::Invalid(_) => RINGBASE_E_INVALID,
             Error::Io(_) => RINGBASE_E_IO,
+            // The C API sets no call timeout, so this cannot happen through it; were it
+            // to, the session is over, which is what DISCONNECTED tells the caller.
+            Error::TimedOut(_) => RINGBASE_E_DISCONNECTED,
             // A variant newer than this library.
             _ => RINGBASE_E_INTERNAL,
         };

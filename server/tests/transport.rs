@@ -443,3 +443,27 @@ fn sigterm_while_clients_disconnect_exits_cleanly() {
         );
     }
 }
+
+/// A call timeout turns a server that is alive but not answering (here: stopped with
+/// SIGSTOP) into `TimedOut` instead of a hang; without one the call would wait.
+#[test]
+fn call_timeout_bounds_a_call_to_a_stopped_server() {
+    let rt = TempDir::new("timeout");
+    let srv = ServerProc::start(&rt.path().join("run"), &rt.path().join("data"), "to", &[]);
+    let mut c =
+        Client::connect_with(srv.options().call_timeout(Duration::from_millis(200))).unwrap();
+    c.ping().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGSTOP) };
+    let result = watchdog(Duration::from_secs(30), move || {
+        let r = c.ping();
+        (r, c)
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGCONT) };
+    let (r, mut c) = result;
+    assert!(matches!(r, Err(Error::TimedOut(_))), "{r:?}");
+    // The session is over; a new one works.
+    assert!(matches!(c.ping(), Err(Error::Disconnected)));
+    srv.connect().ping().unwrap();
+}
