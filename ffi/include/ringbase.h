@@ -199,6 +199,24 @@
 #define RINGBASE_E_IO -30818
 
 /**
+ * A live server did not answer within the call timeout of `ringbase_connect_with`; the
+ * session is over (close the handle and connect again).
+ */
+#define RINGBASE_E_TIMEOUT -30819
+
+/**
+ * `ringbase_options::wait_mode`: spin briefly, then sleep (the default).
+ */
+#define RINGBASE_WAIT_ADAPTIVE 0
+
+/**
+ * `ringbase_options::wait_mode`: never sleep while waiting for the server (lowest
+ * latency; the waiting thread and the server's session thread keep a core busy
+ * while calls are in flight, and the server's for 10 ms after the last one).
+ */
+#define RINGBASE_WAIT_BUSY_POLL 1
+
+/**
  * An atomic batch of puts and deletes (opaque), begun on a client by
  * `ringbase_batch_begin`. Owned by the caller until `ringbase_batch_commit` or
  * `ringbase_batch_abort`, which both free it.
@@ -231,6 +249,53 @@ typedef struct ringbase_client ringbase_client;
  * thread rule; it stays safe to free after that client was closed.
  */
 typedef struct ringbase_list ringbase_list;
+
+/**
+ * Options for `ringbase_connect_with`. Zero-initialise the struct (`= {0}`) and set
+ * what you need: all-zero means `ringbase_connect(NULL, …)`. The library only reads it
+ * during the call.
+ */
+typedef struct ringbase_options {
+  /**
+   * Server name, NUL-terminated; NULL = `"default"`.
+   */
+  const char *name;
+  /**
+   * Runtime directory holding the servers' control sockets, NUL-terminated; NULL =
+   * `$RINGBASE_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ringbase`, else
+   * `/tmp/ringbase-<uid>`.
+   */
+  const char *runtime_dir;
+  /**
+   * `RINGBASE_WAIT_ADAPTIVE` (0) or `RINGBASE_WAIT_BUSY_POLL`.
+   */
+  int wait_mode;
+  /**
+   * Non-zero: start the server if none is running, as `ringbase_connect_or_spawn`.
+   */
+  int spawn;
+  /**
+   * With `spawn`: the `ringbase` binary, NUL-terminated; NULL = the default lookup of
+   * `ringbase_connect_or_spawn`.
+   */
+  const char *server_path;
+  /**
+   * Wanted request and response ring sizes in bytes (0 = server default, 2 MiB).
+   * The server rounds them up to powers of two within 4 KiB..256 MiB; the largest
+   * request or response is half the smaller ring (`ringbase_max_value_len`).
+   */
+  uint64_t request_ring;
+  /**
+   * See `request_ring`.
+   */
+  uint64_t response_ring;
+  /**
+   * Longest a blocking call waits for a live server, in milliseconds (0 = no
+   * limit). A call that times out returns `RINGBASE_E_TIMEOUT` and ends the session:
+   * close the handle and connect again.
+   */
+  uint64_t call_timeout_ms;
+} ringbase_options;
 
 /**
  * Server status, filled in by `ringbase_status`.
@@ -414,6 +479,26 @@ int ringbase_connect(const char *name,
 int ringbase_connect_or_spawn(const char *name,
                               const char *server_path,
                               struct ringbase_client **out);
+
+/**
+ * Connects with explicit options: server name, runtime directory, wait mode (busy-poll
+ * for the lowest latency), ring sizes, a call timeout, and optionally the sidecar
+ * start of `ringbase_connect_or_spawn`.
+ *
+ * Ownership and threads: as for `ringbase_connect`; `opts` is only read during the
+ * call.
+ *
+ * Errors (detail in `ringbase_last_error(NULL)`): those of `ringbase_connect` (and of
+ * `ringbase_connect_or_spawn` with `spawn`); `RINGBASE_E_INVALID` if `opts` is NULL,
+ * `wait_mode` is unknown, or a string is not UTF-8.
+ *
+ * # Safety
+ *
+ * `opts` is NULL or points to a `ringbase_options` whose string fields are NULL or
+ * NUL-terminated; `out` is NULL or writable.
+ */
+int ringbase_connect_with(const struct ringbase_options *opts,
+                          struct ringbase_client **out);
 
 /**
  * Closes the session and frees the handle. NULL is a no-op.

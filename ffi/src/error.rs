@@ -62,6 +62,9 @@ pub const RINGBASE_E_SERVER: c_int = -30817;
 /// An operating-system error while connecting or starting the server (for example the
 /// server binary cannot be executed).
 pub const RINGBASE_E_IO: c_int = -30818;
+/// A live server did not answer within the call timeout of `ringbase_connect_with`; the
+/// session is over (close the handle and connect again).
+pub const RINGBASE_E_TIMEOUT: c_int = -30819;
 
 /// A failed call: the status code and the detail for `ringbase_last_error`.
 #[derive(Debug)]
@@ -99,9 +102,7 @@ impl From<Error> for Failure {
             Error::Protocol(_) => RINGBASE_E_CORRUPT,
             Error::Invalid(_) => RINGBASE_E_INVALID,
             Error::Io(_) => RINGBASE_E_IO,
-            // The C API sets no call timeout, so this cannot happen through it; were it
-            // to, the session is over, which is what DISCONNECTED tells the caller.
-            Error::TimedOut(_) => RINGBASE_E_DISCONNECTED,
+            Error::TimedOut(_) => RINGBASE_E_TIMEOUT,
             // A variant newer than this library.
             _ => RINGBASE_E_INTERNAL,
         };
@@ -151,6 +152,7 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
         RINGBASE_E_SHUTTING_DOWN => c"the server is shutting down",
         RINGBASE_E_SERVER => c"the server failed the request",
         RINGBASE_E_IO => c"operating-system error",
+        RINGBASE_E_TIMEOUT => c"the server did not answer within the call timeout",
         _ => c"unknown ringbase status code",
     }
 }
@@ -251,6 +253,7 @@ mod tests {
             RINGBASE_E_SHUTTING_DOWN,
             RINGBASE_E_SERVER,
             RINGBASE_E_IO,
+            RINGBASE_E_TIMEOUT,
         ];
         let mut seen = std::collections::HashSet::new();
         for c in codes {

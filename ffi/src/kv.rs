@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use std::ptr::null_mut;
 use std::sync::{Arc, Mutex};
 
-use ::ringbase_client::{Client, ConnectOptions, SpawnOptions};
+use std::time::Duration;
 
-use crate::error::{guard, guard_value, FResult, Failure, RINGBASE_E_NOMEM, RINGBASE_E_NOT_FOUND};
+use ::ringbase_client::{Client, ConnectOptions, RingSizes, SpawnOptions, WaitMode};
+
+use crate::error::{
+    guard, guard_value, FResult, Failure, RINGBASE_E_INVALID, RINGBASE_E_NOMEM,
+    RINGBASE_E_NOT_FOUND,
+};
 use crate::handle::{
     c_str, enter, enter_out, handle, key as key_arg, kind_code, out, out_opt, put_args,
     ringbase_client, State,
@@ -19,27 +24,35 @@ fn new_handle(client: Client) -> *mut ringbase_client {
     }))
 }
 
-/// The body of `ringbase_connect*`: checks `out` and sets it to NULL, decodes `name`
-/// (NULL = `"default"`), connects with `connect` and stores the new handle in `*out`.
+/// The body of `ringbase_connect*`: checks `out` and sets it to NULL, then connects
+/// with `connect` and stores the new handle in `*out`.
 ///
 /// # Safety
 ///
-/// As for `ringbase_connect`.
+/// `out` is NULL or writable.
 unsafe fn connect_into(
-    name: *const c_char,
     out: *mut *mut ringbase_client,
-    connect: impl FnOnce(ConnectOptions) -> FResult<Client>,
+    connect: impl FnOnce() -> FResult<Client>,
 ) -> c_int {
     guard(|| {
         // SAFETY: `out` is NULL or writable (caller's contract).
         let out = unsafe { crate::handle::out(out, "out") }?;
         *out = null_mut();
-        // SAFETY: `name` is NULL or NUL-terminated (caller's contract).
-        let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
-        let client = connect(ConnectOptions::new(name))?;
+        let client = connect()?;
         *out = new_handle(client);
         Ok(())
     })
+}
+
+/// Default options for the server `name` (NULL = `"default"`).
+///
+/// # Safety
+///
+/// `name` is NULL or NUL-terminated.
+unsafe fn options_for(name: *const c_char) -> FResult<ConnectOptions> {
+    // SAFETY: caller's contract.
+    let name = unsafe { c_str(name, "name") }?.unwrap_or("default");
+    Ok(ConnectOptions::new(name))
 }
 
 fn not_found(key: &str) -> Failure {
@@ -117,7 +130,12 @@ pub unsafe extern "C" fn ringbase_connect(
     out: *mut *mut ringbase_client,
 ) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe { connect_into(name, out, |opts| Ok(Client::connect_with(opts)?)) }
+    unsafe {
+        connect_into(out, || {
+            let opts = options_for(name)?;
+            Ok(Client::connect_with(opts)?)
+        })
+    }
 }
 
 /// Connects to the server `name` (NULL = `"default"`), starting it first if none is
@@ -148,17 +166,123 @@ pub unsafe extern "C" fn ringbase_connect_or_spawn(
     server_path: *const c_char,
     out: *mut *mut ringbase_client,
 ) -> c_int {
-    let spawn = |opts| {
-        // SAFETY: NULL or NUL-terminated (caller's contract).
-        let server_path = unsafe { c_str(server_path, "server_path") }?;
-        let spawn = SpawnOptions {
-            server_path: server_path.map(PathBuf::from),
-            ..SpawnOptions::default()
-        };
-        Ok(Client::connect_or_spawn(opts, spawn)?)
-    };
+    // SAFETY: forwarded contract (`name`, `server_path` NULL or NUL-terminated).
+    unsafe {
+        connect_into(out, || {
+            let opts = options_for(name)?;
+            Ok(Client::connect_or_spawn(opts, spawn_options(server_path)?)?)
+        })
+    }
+}
+
+/// Spawn options with `server_path` (NULL = default lookup).
+///
+/// # Safety
+///
+/// `server_path` is NULL or NUL-terminated.
+unsafe fn spawn_options(server_path: *const c_char) -> FResult<SpawnOptions> {
+    // SAFETY: caller's contract.
+    let server_path = unsafe { c_str(server_path, "server_path") }?;
+    Ok(SpawnOptions {
+        server_path: server_path.map(PathBuf::from),
+        ..SpawnOptions::default()
+    })
+}
+
+/// `ringbase_options::wait_mode`: spin briefly, then sleep (the default).
+pub const RINGBASE_WAIT_ADAPTIVE: c_int = 0;
+/// `ringbase_options::wait_mode`: never sleep while waiting for the server (lowest
+/// latency; the waiting thread and the server's session thread keep a core busy
+/// while calls are in flight, and the server's for 10 ms after the last one).
+pub const RINGBASE_WAIT_BUSY_POLL: c_int = 1;
+
+/// Options for `ringbase_connect_with`. Zero-initialise the struct (`= {0}`) and set
+/// what you need: all-zero means `ringbase_connect(NULL, …)`. The library only reads it
+/// during the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ringbase_options {
+    /// Server name, NUL-terminated; NULL = `"default"`.
+    pub name: *const c_char,
+    /// Runtime directory holding the servers' control sockets, NUL-terminated; NULL =
+    /// `$RINGBASE_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ringbase`, else
+    /// `/tmp/ringbase-<uid>`.
+    pub runtime_dir: *const c_char,
+    /// `RINGBASE_WAIT_ADAPTIVE` (0) or `RINGBASE_WAIT_BUSY_POLL`.
+    pub wait_mode: c_int,
+    /// Non-zero: start the server if none is running, as `ringbase_connect_or_spawn`.
+    pub spawn: c_int,
+    /// With `spawn`: the `ringbase` binary, NUL-terminated; NULL = the default lookup of
+    /// `ringbase_connect_or_spawn`.
+    pub server_path: *const c_char,
+    /// Wanted request and response ring sizes in bytes (0 = server default, 2 MiB).
+    /// The server rounds them up to powers of two within 4 KiB..256 MiB; the largest
+    /// request or response is half the smaller ring (`ringbase_max_value_len`).
+    pub request_ring: u64,
+    /// See `request_ring`.
+    pub response_ring: u64,
+    /// Longest a blocking call waits for a live server, in milliseconds (0 = no
+    /// limit). A call that times out returns `RINGBASE_E_TIMEOUT` and ends the session:
+    /// close the handle and connect again.
+    pub call_timeout_ms: u64,
+}
+
+/// Connects with explicit options: server name, runtime directory, wait mode (busy-poll
+/// for the lowest latency), ring sizes, a call timeout, and optionally the sidecar
+/// start of `ringbase_connect_or_spawn`.
+///
+/// Ownership and threads: as for `ringbase_connect`; `opts` is only read during the
+/// call.
+///
+/// Errors (detail in `ringbase_last_error(NULL)`): those of `ringbase_connect` (and of
+/// `ringbase_connect_or_spawn` with `spawn`); `RINGBASE_E_INVALID` if `opts` is NULL,
+/// `wait_mode` is unknown, or a string is not UTF-8.
+///
+/// # Safety
+///
+/// `opts` is NULL or points to a `ringbase_options` whose string fields are NULL or
+/// NUL-terminated; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_connect_with(
+    opts: *const ringbase_options,
+    out: *mut *mut ringbase_client,
+) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe { connect_into(name, out, spawn) }
+    unsafe {
+        connect_into(out, || {
+            // SAFETY: `opts` is NULL or a valid ringbase_options (caller's contract).
+            let o = opts
+                .as_ref()
+                .ok_or_else(|| Failure::new(RINGBASE_E_INVALID, "opts is NULL".to_string()))?;
+            let mut c = options_for(o.name)?;
+            if let Some(dir) = c_str(o.runtime_dir, "runtime_dir")? {
+                c = c.runtime_dir(dir);
+            }
+            c = c.wait(match o.wait_mode {
+                RINGBASE_WAIT_ADAPTIVE => WaitMode::Adaptive,
+                RINGBASE_WAIT_BUSY_POLL => WaitMode::BusyPoll,
+                other => {
+                    return Err(Failure::new(
+                        RINGBASE_E_INVALID,
+                        format!("unknown wait_mode {other}"),
+                    ))
+                }
+            });
+            c = c.rings(RingSizes {
+                request: o.request_ring,
+                response: o.response_ring,
+                event: 0,
+            });
+            if o.call_timeout_ms > 0 {
+                c = c.call_timeout(Duration::from_millis(o.call_timeout_ms));
+            }
+            if o.spawn != 0 {
+                Ok(Client::connect_or_spawn(c, spawn_options(o.server_path)?)?)
+            } else {
+                Ok(Client::connect_with(c)?)
+            }
+        })
+    }
 }
 
 /// Closes the session and frees the handle. NULL is a no-op.

@@ -89,7 +89,7 @@ static void test_static_functions(void) {
         RINGBASE_E_TOO_LARGE, RINGBASE_E_INVALID_KEY, RINGBASE_E_INVALID_JSON,
         RINGBASE_E_STORAGE, RINGBASE_E_AGAIN, RINGBASE_E_INTERNAL, RINGBASE_E_NOMEM,
         RINGBASE_E_CORRUPT, RINGBASE_E_BAD_REQUEST, RINGBASE_E_UNSUPPORTED,
-        RINGBASE_E_SHUTTING_DOWN, RINGBASE_E_SERVER, RINGBASE_E_IO,
+        RINGBASE_E_SHUTTING_DOWN, RINGBASE_E_SERVER, RINGBASE_E_IO, RINGBASE_E_TIMEOUT,
     };
     const char *unknown = ringbase_strerror(12345);
     CHECK(unknown != NULL && *unknown);
@@ -597,6 +597,51 @@ static void test_second_client(const char *name) {
     ringbase_close(c2);
 }
 
+/* ringbase_connect_with: every option, and its argument errors. */
+static void test_connect_with(const char *name, const char *server_bin) {
+    ringbase_client *c = (ringbase_client *)&c;
+    CHECK_RC(ringbase_connect_with(NULL, &c), RINGBASE_E_INVALID);
+    CHECK(c == NULL);
+    ringbase_options o = {0};
+    o.name = name;
+    CHECK_RC(ringbase_connect_with(&o, NULL), RINGBASE_E_INVALID);
+    o.wait_mode = 7;
+    CHECK_RC(ringbase_connect_with(&o, &c), RINGBASE_E_INVALID);
+    CHECK(strstr(ringbase_last_error(NULL), "wait_mode") != NULL);
+
+    /* Busy-poll, an explicit runtime dir, small rings, a call timeout. */
+    o.wait_mode = RINGBASE_WAIT_BUSY_POLL;
+    o.runtime_dir = env("RINGBASE_RUNTIME_DIR");
+    o.request_ring = 4096;
+    o.response_ring = 4096;
+    o.call_timeout_ms = 5000;
+    CHECK_RC(ringbase_connect_with(&o, &c), RINGBASE_OK);
+    if (!c) return;
+    for (int i = 0; i < 1000; i++) CHECK_RC(ringbase_ping(c), RINGBASE_OK);
+    uint64_t max = 0;
+    CHECK_RC(ringbase_max_value_len(c, &max), RINGBASE_OK);
+    CHECK(max > 0 && max < 2048);
+    static char big[3000];
+    memset(big, 'x', sizeof big);
+    CHECK_RC(ringbase_put(c, K("cw:big"), big, sizeof big, RINGBASE_BYTES), RINGBASE_E_TOO_LARGE);
+    CHECK_RC(ringbase_put(c, K("cw:small"), K("42"), RINGBASE_JSON), RINGBASE_OK);
+    const void *v = NULL;
+    size_t n = 0;
+    CHECK_RC(ringbase_get_view(c, K("cw:small"), &v, &n, NULL), RINGBASE_OK);
+    CHECK(n == 2 && memcmp(v, "42", 2) == 0);
+    ringbase_close(c);
+
+    /* spawn = 1 finds the running server. */
+    ringbase_options s = {0};
+    s.name = name;
+    s.spawn = 1;
+    s.server_path = server_bin;
+    c = NULL;
+    CHECK_RC(ringbase_connect_with(&s, &c), RINGBASE_OK);
+    CHECK_RC(ringbase_ping(c), RINGBASE_OK);
+    ringbase_close(c);
+}
+
 int main(void) {
     const char *name = env("RINGBASE_TEST_NAME");
     const char *server_bin = env("RINGBASE_TEST_SERVER_BIN");
@@ -618,6 +663,7 @@ int main(void) {
     test_list(c);
     test_pipeline(c);
     test_second_client(name);
+    test_connect_with(name, server_bin);
     test_close_order(name);
     test_refused(name);
     test_disconnected(c);
