@@ -455,6 +455,28 @@ fn call_timeout_bounds_a_call_to_a_stopped_server() {
     c.ping().unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(srv.pid() as i32, libc::SIGSTOP) };
+    // The signal is asynchronous: wait until every thread is stopped ("T"), or a
+    // still-spinning session thread may answer the next call.
+    let tasks = format!("/proc/{}/task", srv.pid());
+    let all_stopped = || {
+        std::fs::read_dir(&tasks).is_ok_and(|d| {
+            d.filter_map(|e| e.ok()).all(|e| {
+                std::fs::read_to_string(e.path().join("stat"))
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('T')
+                    })
+                    .unwrap_or(true)
+            })
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), all_stopped),
+        "server did not stop"
+    );
     let result = watchdog(Duration::from_secs(30), move || {
         let r = c.ping();
         (r, c)
