@@ -325,14 +325,26 @@ impl RawSession {
         ring.wake_consumer();
     }
 
-    pub fn response_count_after(&self, timeout: Duration) -> usize {
+    /// Responses that arrive: waits (up to 30 s, a watchdog) for the first
+    /// `expected`, then `settle` more for any extra one, and returns the count.
+    pub fn responses(&self, expected: usize, settle: Duration) -> usize {
         let mut c = self.seg.response_ring().consumer().unwrap();
         let mut n = 0;
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut settle_until: Option<std::time::Instant> = None;
+        loop {
             while let Ok(Some(f)) = c.peek() {
                 c.release(&f);
                 n += 1;
+            }
+            let now = std::time::Instant::now();
+            if n >= expected {
+                let until = *settle_until.get_or_insert(now + settle);
+                if now >= until {
+                    break;
+                }
+            } else if now >= deadline {
+                break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
