@@ -555,6 +555,30 @@ static void test_refused(const char *name) {
 }
 
 /* Kill the server: every call returns DISCONNECTED, none hangs. */
+/* A live server that does not answer (stopped with SIGSTOP) and a call timeout:
+ * RINGBASE_E_TIMEOUT, then the handle only fails. */
+static void test_timeout(const char *name, ringbase_client *other) {
+    ringbase_status_info info;
+    CHECK_RC(ringbase_status(other, &info), RINGBASE_OK);
+    ringbase_options o = {0};
+    o.name = name;
+    o.call_timeout_ms = 200;
+    ringbase_client *c = NULL;
+    CHECK_RC(ringbase_connect_with(&o, &c), RINGBASE_OK);
+    if (!c || info.pid <= 0) return;
+    CHECK_RC(ringbase_ping(c), RINGBASE_OK);
+    kill((pid_t)info.pid, SIGSTOP);
+    pause_us(200000); /* the stop is asynchronous: let every server thread reach it */
+    double t0 = now_s();
+    CHECK_RC(ringbase_ping(c), RINGBASE_E_TIMEOUT);
+    CHECK(now_s() - t0 < 10.0);
+    CHECK(strstr(ringbase_last_error(c), "did not answer") != NULL);
+    kill((pid_t)info.pid, SIGCONT);
+    CHECK_RC(ringbase_ping(c), RINGBASE_E_DISCONNECTED);
+    ringbase_close(c);
+    CHECK_RC(ringbase_ping(other), RINGBASE_OK);
+}
+
 static void test_disconnected(ringbase_client *c) {
     ringbase_status_info info;
     CHECK_RC(ringbase_status(c, &info), RINGBASE_OK);
@@ -666,6 +690,7 @@ int main(void) {
     test_connect_with(name, server_bin);
     test_close_order(name);
     test_refused(name);
+    test_timeout(name, c);
     test_disconnected(c);
     ringbase_close(c);
 
