@@ -351,67 +351,36 @@ fn hostile_client_gets_errors_or_is_closed_and_nobody_else_notices() {
     assert!(eventually(Duration::from_secs(2), || mapped_segments(
         srv.pid()
     ) == 1));
-    good.ping().unwrap();
 
-    // 2. Length past the ring: session closed.
-    {
+    // Cases the server answers by closing the session: it unmaps the segment on its
+    // own (only `good`'s stays mapped) while the hostile client still holds it, and
+    // the good session keeps working.
+    let closed_by_server = |bytes: &[u8], tail: u64, what: &str| {
         let s = raw_session(&srv);
+        s.poke(bytes, tail);
+        assert!(
+            eventually(Duration::from_secs(2), || mapped_segments(srv.pid()) == 1),
+            "{what}: the session was not closed"
+        );
+        drop(s);
+    };
+    let header = |len: u32| {
         let mut frame = vec![0u8; 16];
-        frame[0..4].copy_from_slice(&1_000_000u32.to_le_bytes());
+        frame[0..4].copy_from_slice(&len.to_le_bytes());
         frame[4..6].copy_from_slice(&FRAME_REQUEST.to_le_bytes());
-        s.poke(&frame, 16);
-        assert!(eventually(Duration::from_secs(2), || mapped_segments(
-            srv.pid()
-        ) == 1));
-        good.ping().unwrap();
-    }
-    assert!(eventually(Duration::from_secs(2), || mapped_segments(
-        srv.pid()
-    ) == 1));
+        frame
+    };
+    // 2. Length past the ring.
+    closed_by_server(&header(1_000_000), 16, "length past the ring");
     good.ping().unwrap();
-
-    // 3. Misaligned frame (tail not a multiple of 16, partial header): closed.
-    {
-        let s = raw_session(&srv);
-        s.poke(&[1, 2, 3, 4, 5, 6, 7, 8], 8);
-        assert!(eventually(Duration::from_secs(2), || mapped_segments(
-            srv.pid()
-        ) == 1));
-        good.ping().unwrap();
-    }
-    assert!(eventually(Duration::from_secs(2), || mapped_segments(
-        srv.pid()
-    ) == 1));
+    // 3. Misaligned frame (tail not a multiple of 16, partial header).
+    closed_by_server(&[1, 2, 3, 4, 5, 6, 7, 8], 8, "misaligned tail");
     good.ping().unwrap();
-
-    // 4. A tail index beyond the ring: closed.
-    {
-        let s = raw_session(&srv);
-        s.poke(&[], 1 << 40);
-        assert!(eventually(Duration::from_secs(2), || mapped_segments(
-            srv.pid()
-        ) == 1));
-        good.ping().unwrap();
-    }
-    assert!(eventually(Duration::from_secs(2), || mapped_segments(
-        srv.pid()
-    ) == 1));
+    // 4. A tail index beyond the ring.
+    closed_by_server(&[], 1 << 40, "tail beyond the ring");
     good.ping().unwrap();
-
-    // 5. A frame length beyond the published data: closed.
-    {
-        let s = raw_session(&srv);
-        let mut frame = vec![0u8; 16];
-        frame[0..4].copy_from_slice(&512u32.to_le_bytes());
-        frame[4..6].copy_from_slice(&FRAME_REQUEST.to_le_bytes());
-        s.poke(&frame, 32);
-        assert!(eventually(Duration::from_secs(2), || mapped_segments(
-            srv.pid()
-        ) == 1));
-    }
-    assert!(eventually(Duration::from_secs(2), || mapped_segments(
-        srv.pid()
-    ) == 1));
+    // 5. A frame length beyond the published data.
+    closed_by_server(&header(512), 32, "length past the published data");
     good.ping().unwrap();
 
     // 6. Garbage on the control socket instead of a hello: refused, server fine.
