@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 
 use super::changes::ChangeHub;
 use super::clock::{now_ms, Hlc};
@@ -239,6 +239,12 @@ impl Writer {
     }
 
     /// Run all jobs in one transaction; `Ok` only once COMMIT has returned.
+    ///
+    /// A job of several ops runs inside its own SAVEPOINT, so a failing op undoes the
+    /// job's earlier ops and only that job fails. A job of one op needs none: SQLite
+    /// makes each statement atomic, and an op that fails has changed nothing (a put's
+    /// UPDATE that matched no row changed nothing before its INSERT). That saves two
+    /// statements and a copy of every page the job touches into the statement journal.
     #[allow(clippy::type_complexity)]
     fn transaction(
         &mut self,
@@ -248,20 +254,27 @@ impl Writer {
         let sql = |e: rusqlite::Error| Fatal(e.into());
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
         let seq0 = self.seq;
+        // Prepared once per transaction (not once per op): the statement cache hashes
+        // the whole SQL text on every lookup.
+        let mut st = Statements::prepare(&self.conn).map_err(sql)?;
+        let mut clock = VersionClock {
+            shared: &self.shared,
+            seq: &mut self.seq,
+            hlc_high: &mut self.hlc_high,
+        };
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            let (seq, hlc) = (self.seq, self.hlc_high);
+            let (seq, hlc) = (*clock.seq, *clock.hlc_high);
             let n_events = events.as_ref().map_or(0, Vec::len);
-            self.conn
-                .prepare_cached("SAVEPOINT job")
-                .and_then(|mut s| s.execute([]))
-                .map_err(sql)?;
-            match self.apply_ops(&job.ops, events) {
+            let savepoint = job.ops.len() > 1;
+            if savepoint {
+                st.savepoint.execute([]).map_err(sql)?;
+            }
+            match apply_ops(&mut st, &mut clock, &job.ops, events) {
                 Ok(outs) => {
-                    self.conn
-                        .prepare_cached("RELEASE job")
-                        .and_then(|mut s| s.execute([]))
-                        .map_err(sql)?;
+                    if savepoint {
+                        st.release.execute([]).map_err(sql)?;
+                    }
                     results.push(Ok(outs));
                 }
                 Err(e) => {
@@ -269,13 +282,11 @@ impl Writer {
                         // SQLite rolled back the whole transaction (I/O error, disk full...).
                         return Err(Fatal(e.into()));
                     }
-                    self.conn
-                        .prepare_cached("ROLLBACK TO job")
-                        .and_then(|mut s| s.execute([]))
-                        .and_then(|_| self.conn.prepare_cached("RELEASE job"))
-                        .and_then(|mut s| s.execute([]))
-                        .map_err(sql)?;
-                    (self.seq, self.hlc_high) = (seq, hlc);
+                    if savepoint {
+                        st.rollback_to.execute([]).map_err(sql)?;
+                        st.release.execute([]).map_err(sql)?;
+                    }
+                    (*clock.seq, *clock.hlc_high) = (seq, hlc);
                     if let Some(ev) = events.as_mut() {
                         ev.truncate(n_events);
                     }
@@ -283,127 +294,176 @@ impl Writer {
                 }
             }
         }
-        if self.seq != seq0 {
-            let mut put = self
-                .conn
-                .prepare_cached(
-                    "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                )
+        if *clock.seq != seq0 {
+            st.put_meta
+                .execute(params![META_SEQ, *clock.seq as i64])
                 .map_err(sql)?;
-            put.execute(params![META_SEQ, self.seq as i64])
-                .map_err(sql)?;
-            put.execute(params![META_HLC, self.hlc_high as i64])
+            st.put_meta
+                .execute(params![META_HLC, *clock.hlc_high as i64])
                 .map_err(sql)?;
         }
+        drop(st);
         self.conn.execute_batch("COMMIT").map_err(sql)?;
         Ok(results)
     }
+}
 
-    fn next_version(&mut self) -> Version {
-        self.seq += 1;
+/// The writer's statements, prepared once per transaction.
+struct Statements<'c> {
+    savepoint: CachedStatement<'c>,
+    release: CachedStatement<'c>,
+    rollback_to: CachedStatement<'c>,
+    /// Overwrites a live record; matches no row if the key has none.
+    update_live: CachedStatement<'c>,
+    /// Inserts a record, or revives a tombstone.
+    upsert: CachedStatement<'c>,
+    /// Tombstones a live record, returning its kind; matches no row if there is none.
+    delete_live: CachedStatement<'c>,
+    put_meta: CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Statements<'c>> {
+        Ok(Statements {
+            savepoint: conn.prepare_cached("SAVEPOINT job")?,
+            release: conn.prepare_cached("RELEASE job")?,
+            rollback_to: conn.prepare_cached("ROLLBACK TO job")?,
+            update_live: conn.prepare_cached(
+                "UPDATE records SET value = ?2, kind = ?3, hlc = ?4, replica = ?5, seq = ?6,
+                   updated_at = ?7 WHERE key = ?1 AND deleted = 0",
+            )?,
+            upsert: conn.prepare_cached(
+                "INSERT INTO records(key, value, kind, hlc, replica, seq, updated_at, deleted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+                   kind = excluded.kind, hlc = excluded.hlc, replica = excluded.replica,
+                   seq = excluded.seq, updated_at = excluded.updated_at, deleted = 0",
+            )?,
+            delete_live: conn.prepare_cached(
+                "UPDATE records SET value = x'', hlc = ?2, replica = ?3, seq = ?4,
+                   updated_at = ?5, deleted = 1 WHERE key = ?1 AND deleted = 0
+                 RETURNING kind",
+            )?,
+            put_meta: conn.prepare_cached(
+                "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            )?,
+        })
+    }
+}
+
+/// Hands out the versions of local writes: the next sequence number and an HLC tick.
+struct VersionClock<'a> {
+    shared: &'a Shared,
+    /// Last local sequence number used.
+    seq: &'a mut u64,
+    /// Highest HLC written.
+    hlc_high: &'a mut u64,
+}
+
+impl VersionClock<'_> {
+    fn next(&mut self) -> Version {
+        *self.seq += 1;
         let hlc = self.shared.clock.tick();
-        self.hlc_high = self.hlc_high.max(hlc);
+        *self.hlc_high = (*self.hlc_high).max(hlc);
         Version {
             hlc,
             replica: self.shared.replica,
-            seq: self.seq,
+            seq: *self.seq,
         }
     }
+}
 
-    /// Apply one job's ops inside the current savepoint.
-    fn apply_ops(
-        &mut self,
-        ops: &[WriteOp],
-        events: &mut Option<Vec<Record>>,
-    ) -> Result<Vec<WriteOutcome>, rusqlite::Error> {
-        let mut outs = Vec::with_capacity(ops.len());
-        for op in ops {
-            let key = op.key();
-            // (deleted, kind) of the current row, if any.
-            let prev: Option<(bool, i64)> = self
-                .conn
-                .prepare_cached("SELECT deleted, kind FROM records WHERE key = ?1")?
-                .query_row([key], |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)))
-                .optional()?;
-            let existed = matches!(prev, Some((false, _)));
-            let updated_at_ms = now_ms();
-            match op {
-                WriteOp::Put { key, value, kind } => {
-                    let version = self.next_version();
-                    self.conn
-                        .prepare_cached(
-                            "INSERT INTO records(key, value, kind, hlc, replica, seq, updated_at, deleted)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
-                             ON CONFLICT(key) DO UPDATE SET value = excluded.value,
-                               kind = excluded.kind, hlc = excluded.hlc, replica = excluded.replica,
-                               seq = excluded.seq, updated_at = excluded.updated_at, deleted = 0",
-                        )?
-                        .execute(params![
-                            key,
-                            value,
-                            *kind as u8,
-                            version.hlc as i64,
-                            &version.replica[..],
-                            version.seq as i64,
-                            updated_at_ms as i64,
-                        ])?;
-                    if let Some(ev) = events.as_mut() {
-                        ev.push(Record {
-                            key: key.clone(),
-                            value: value.clone(),
-                            kind: *kind,
-                            version,
-                            updated_at_ms,
-                            deleted: false,
-                        });
-                    }
-                    outs.push(WriteOutcome {
-                        version: Some(version),
-                        existed,
+/// Apply one job's ops (inside the job's savepoint, if it has one).
+///
+/// Each op seeks its key once when the key holds a live record (an UPDATE that also
+/// tells whether the record existed); a put of a new key, or over a tombstone, then
+/// inserts.
+fn apply_ops(
+    st: &mut Statements<'_>,
+    clock: &mut VersionClock<'_>,
+    ops: &[WriteOp],
+    events: &mut Option<Vec<Record>>,
+) -> Result<Vec<WriteOutcome>, rusqlite::Error> {
+    let mut outs = Vec::with_capacity(ops.len());
+    for op in ops {
+        let updated_at_ms = now_ms();
+        match op {
+            WriteOp::Put { key, value, kind } => {
+                let version = clock.next();
+                let row = params![
+                    key,
+                    value,
+                    *kind as u8,
+                    version.hlc as i64,
+                    &version.replica[..],
+                    version.seq as i64,
+                    updated_at_ms as i64,
+                ];
+                let existed = st.update_live.execute(row)? == 1;
+                if !existed {
+                    st.upsert.execute(row)?;
+                }
+                if let Some(ev) = events.as_mut() {
+                    ev.push(Record {
+                        key: key.clone(),
+                        value: value.clone(),
+                        kind: *kind,
+                        version,
+                        updated_at_ms,
+                        deleted: false,
                     });
                 }
-                WriteOp::Delete { key } => {
-                    let Some((false, kind_tag)) = prev else {
-                        outs.push(WriteOutcome {
-                            version: None,
-                            existed: false,
-                        });
-                        continue;
-                    };
-                    let version = self.next_version();
-                    self.conn
-                        .prepare_cached(
-                            "UPDATE records SET value = x'', hlc = ?2, replica = ?3, seq = ?4,
-                               updated_at = ?5, deleted = 1 WHERE key = ?1",
-                        )?
-                        .execute(params![
+                outs.push(WriteOutcome {
+                    version: Some(version),
+                    existed,
+                });
+            }
+            WriteOp::Delete { key } => {
+                let (seq, hlc_high) = (*clock.seq, *clock.hlc_high);
+                let version = clock.next();
+                let kind_tag: Option<i64> = st
+                    .delete_live
+                    .query_row(
+                        params![
                             key,
                             version.hlc as i64,
                             &version.replica[..],
                             version.seq as i64,
                             updated_at_ms as i64,
-                        ])?;
-                    if let Some(ev) = events.as_mut() {
-                        let kind = u8::try_from(kind_tag)
-                            .ok()
-                            .and_then(|k| super::ValueKind::try_from(k).ok())
-                            .unwrap_or(super::ValueKind::Bytes);
-                        ev.push(Record {
-                            key: key.clone(),
-                            value: Vec::new(),
-                            kind,
-                            version,
-                            updated_at_ms,
-                            deleted: true,
-                        });
-                    }
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(kind_tag) = kind_tag else {
+                    // Nothing live to delete: no tombstone, and the version goes unused
+                    // (sequence numbers stay gapless).
+                    (*clock.seq, *clock.hlc_high) = (seq, hlc_high);
                     outs.push(WriteOutcome {
-                        version: Some(version),
-                        existed: true,
+                        version: None,
+                        existed: false,
+                    });
+                    continue;
+                };
+                if let Some(ev) = events.as_mut() {
+                    let kind = u8::try_from(kind_tag)
+                        .ok()
+                        .and_then(|k| super::ValueKind::try_from(k).ok())
+                        .unwrap_or(super::ValueKind::Bytes);
+                    ev.push(Record {
+                        key: key.clone(),
+                        value: Vec::new(),
+                        kind,
+                        version,
+                        updated_at_ms,
+                        deleted: true,
                     });
                 }
+                outs.push(WriteOutcome {
+                    version: Some(version),
+                    existed: true,
+                });
             }
         }
-        Ok(outs)
     }
+    Ok(outs)
 }
