@@ -18,7 +18,9 @@ use std::os::unix::fs::DirBuilderExt;
 use crate::ipc::Shared;
 use crate::lock::{LockError, LockFile};
 use crate::session::error;
-use crate::store::{self, Reader, Store, StoreError, StoreOptions, WriteOp, WriteOutcome};
+use crate::store::{
+    self, JobQueue, Reader, Store, StoreError, StoreOptions, WriteOp, WriteOutcome,
+};
 
 /// Most records one List returns, whatever limit the client asks for.
 pub const MAX_LIST: u32 = 10_000;
@@ -99,6 +101,7 @@ impl Engine {
             rx,
             next_ticket: 1,
             pending: HashMap::new(),
+            outbox: self.store.job_queue(),
             max_payload,
         })
     }
@@ -182,7 +185,10 @@ impl Engine {
     ) -> Result<Reply, StoreError> {
         let ticket = s.next_ticket;
         s.next_ticket += 1;
-        self.store.submit(ticket, ops, s.tx.clone())?;
+        if let Some(job) = self.store.prepare(ticket, ops, s.tx.clone()) {
+            // Sent with the rest of the burst (see `EngineSession::flush`).
+            s.outbox.push(job);
+        }
         s.pending.insert(ticket, kind);
         Ok(Reply::Pending(ticket))
     }
@@ -218,6 +224,8 @@ pub(crate) struct EngineSession {
     rx: Receiver<(u64, Result<Vec<WriteOutcome>, StoreError>)>,
     next_ticket: u64,
     pending: HashMap<u64, WriteKind>,
+    /// Write jobs of the current burst of requests, not yet sent to the writer.
+    outbox: JobQueue,
     max_payload: u64,
 }
 
@@ -232,14 +240,23 @@ impl EngineSession {
         )
     }
 
+    /// Sends the write jobs gathered since the last flush to the writer, together. The
+    /// session loop calls this after each burst of requests; waiting for a completion
+    /// flushes first, so a queued job is never waited for before it was sent.
+    pub(crate) fn flush(&mut self) {
+        self.outbox.flush();
+    }
+
     /// A finished write, if any.
     pub(crate) fn try_completion(&mut self) -> Option<(u64, Response)> {
+        self.flush();
         let (ticket, result) = self.rx.try_recv().ok()?;
         Some(self.finish(ticket, result))
     }
 
     /// Waits at most `timeout` for a finished write.
     pub(crate) fn wait_completion(&mut self, timeout: Duration) -> Option<(u64, Response)> {
+        self.flush();
         let (ticket, result) = self.rx.recv_timeout(timeout).ok()?;
         Some(self.finish(ticket, result))
     }

@@ -240,6 +240,8 @@ impl SessionLoop<'_> {
                     self.drain_writes()?;
                 }
             }
+            // The burst's writes go to the writer together.
+            self.engine.flush();
             // Hand the request space back and publish what we wrote.
             self.req.flush();
             self.collect(false)?;

@@ -13,11 +13,12 @@
 //!
 //! # Writes
 //!
-//! [`Store::submit`] validates a job on the caller's thread (nothing invalid reaches
-//! SQLite) and queues it. The writer thread blocks for the first job, drains what else is
+//! [`Store::submit`] (or [`Store::prepare`] and a session's [`JobQueue`]) validates a job
+//! on the caller's thread (nothing invalid reaches SQLite) and queues it. The writer
+//! thread blocks for the first job, drains what else is
 //! queued (up to [`MAX_JOBS_PER_TXN`] jobs or [`MAX_BYTES_PER_TXN`] bytes), applies them
-//! in one transaction with one `SAVEPOINT` per job (a failing job rolls back alone; a job
-//! is all-or-nothing), commits, and only then sends each completion. WAL with
+//! in one transaction with one `SAVEPOINT` per job of several ops (a failing job rolls
+//! back alone; a job is all-or-nothing), commits, and only then sends each completion. WAL with
 //! `synchronous=NORMAL` makes a committed transaction survive a crash (`kill -9`) of the
 //! process, so "acknowledged" means "durable against a process crash".
 //!
@@ -61,7 +62,72 @@ pub use reader::{prefix_successor, Reader};
 pub use schema::SCHEMA_VERSION;
 pub use writer::{MAX_BYTES_PER_TXN, MAX_JOBS_PER_TXN};
 
-use writer::{Job, Shared, StatCounters, Writer};
+pub use writer::Job;
+use writer::{Shared, StatCounters, Writer};
+
+/// The writer's queue: bursts of jobs. `None` once shut down. Senders hold the read lock
+/// while sending, so after `shutdown` takes the write lock no job can slip in behind
+/// the writer's exit.
+type JobSender = Arc<RwLock<Option<Sender<Vec<Job>>>>>;
+
+/// A session's outbox of write jobs: jobs are gathered while the session works through
+/// a burst of requests and go to the writer together ([`JobQueue::flush`]), one channel
+/// message and at most one wake-up of the writer per burst. The writer then finds the
+/// whole burst queued and commits it in one transaction, instead of waking for the
+/// first job and committing the few that had arrived by then.
+pub struct JobQueue {
+    tx: JobSender,
+    jobs: Vec<Job>,
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueue")
+            .field("jobs", &self.jobs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobQueue {
+    /// Adds a job (see [`Store::prepare`]); it is sent on the next [`JobQueue::flush`].
+    pub fn push(&mut self, job: Job) {
+        self.jobs.push(job);
+    }
+
+    /// Whether jobs wait to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Sends the gathered jobs to the writer. If the store is shut down, each job's
+    /// completion reports [`StoreError::Closed`] instead, so no caller waits forever.
+    pub fn flush(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.jobs);
+        if let Err(jobs) = send_jobs(&self.tx, jobs) {
+            for job in jobs {
+                let _ = job.done.send((job.ticket, Err(StoreError::Closed)));
+            }
+        }
+    }
+}
+
+impl Drop for JobQueue {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Sends a burst of jobs to the writer; gives them back if the store is shut down.
+fn send_jobs(tx: &JobSender, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    let guard = tx.read().unwrap_or_else(|p| p.into_inner());
+    match guard.as_ref() {
+        Some(tx) => tx.send(jobs).map_err(|e| e.into_inner()),
+        None => Err(jobs),
+    }
+}
 
 /// Name of the SQLite database file inside the data directory.
 pub const DB_FILE: &str = "ringbase.db";
@@ -179,9 +245,8 @@ pub struct Store {
     db_path: PathBuf,
     opts: StoreOptions,
     shared: Arc<Shared>,
-    /// `None` once shut down. Submitters hold the read lock while sending, so after
-    /// `shutdown` takes the write lock no job can slip in behind the writer's exit.
-    tx: RwLock<Option<Sender<Job>>>,
+    /// Where jobs go; shared with every [`JobQueue`].
+    tx: JobSender,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -223,7 +288,7 @@ impl Store {
             db_path,
             opts,
             shared,
-            tx: RwLock::new(Some(tx)),
+            tx: Arc::new(RwLock::new(Some(tx))),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -255,10 +320,18 @@ impl Store {
         ops: Vec<WriteOp>,
         done: Completion,
     ) -> Result<(), StoreError> {
-        let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = guard.as_ref() else {
+        if self.is_closed() {
             return Err(StoreError::Closed);
+        }
+        let Some(job) = self.prepare(ticket, ops, done) else {
+            return Ok(());
         };
+        send_jobs(&self.tx, vec![job]).map_err(|_| StoreError::Closed)
+    }
+
+    /// Validates a write job for a [`JobQueue`]. An invalid job (or one with no ops) is
+    /// answered on `done` right away and gives `None`; otherwise the job to queue.
+    pub fn prepare(&self, ticket: u64, ops: Vec<WriteOp>, done: Completion) -> Option<Job> {
         let bytes = match validate(&ops, &self.opts) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -267,20 +340,31 @@ impl Store {
                     .rejected_jobs
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = done.send((ticket, Err(e)));
-                return Ok(());
+                return None;
             }
         };
         if ops.is_empty() {
             let _ = done.send((ticket, Ok(Vec::new())));
-            return Ok(());
+            return None;
         }
-        tx.send(Job {
+        Some(Job {
             ticket,
             ops,
             done,
             bytes,
         })
-        .map_err(|_| StoreError::Closed)
+    }
+
+    /// An empty outbox for one session's write jobs.
+    pub fn job_queue(&self) -> JobQueue {
+        JobQueue {
+            tx: Arc::clone(&self.tx),
+            jobs: Vec::new(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.read().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
     /// Submit a job and wait for its completion.
@@ -292,7 +376,7 @@ impl Store {
 
     /// Open a read connection (one per client session).
     pub fn reader(&self) -> Result<Reader, StoreError> {
-        if self.tx.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+        if self.is_closed() {
             return Err(StoreError::Closed);
         }
         Ok(Reader::new(
@@ -369,7 +453,8 @@ fn validate(ops: &[WriteOp], opts: &StoreOptions) -> Result<usize, StoreError> {
                 });
             }
             if *kind == ValueKind::Json {
-                serde_json::from_slice::<serde_json::Value>(value)
+                // Checks the syntax without building a document.
+                serde_json::from_slice::<serde::de::IgnoredAny>(value)
                     .map_err(|e| StoreError::InvalidJson(format!("key {key:?}: {e}")))?;
             }
             bytes += value.len();

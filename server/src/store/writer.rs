@@ -90,7 +90,7 @@ fn wal_len(db: &std::path::Path) -> u64 {
 }
 
 /// Pause of the checkpointer between two passes.
-const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// An error that leaves the enclosing transaction unusable: every job in it fails.
 struct Fatal(StoreError);
@@ -100,7 +100,7 @@ pub struct Writer {
     conn: Connection,
     /// Database path, for the checkpointer's own connection.
     db_path: std::path::PathBuf,
-    rx: Receiver<Job>,
+    rx: Receiver<Vec<Job>>,
     shared: Arc<Shared>,
     /// Last local sequence number used (committed or inside the open transaction).
     seq: u64,
@@ -113,7 +113,7 @@ impl Writer {
     pub fn new(
         conn: Connection,
         db_path: std::path::PathBuf,
-        rx: Receiver<Job>,
+        rx: Receiver<Vec<Job>>,
         shared: Arc<Shared>,
         seq: u64,
         hlc_high: u64,
@@ -155,15 +155,28 @@ impl Writer {
             // No checkpointer: let SQLite checkpoint in this thread as usual.
             let _ = self.conn.pragma_update(None, "wal_autocheckpoint", 1000);
         }
-        while let Ok(first) = self.rx.recv() {
-            let mut bytes = first.bytes;
-            let mut batch = vec![first];
-            while batch.len() < MAX_JOBS_PER_TXN && bytes < MAX_BYTES_PER_TXN {
+        // Jobs received but not yet applied (a burst can overflow a transaction).
+        let mut queued: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        loop {
+            if queued.is_empty() {
+                match self.rx.recv() {
+                    Ok(jobs) => queued.extend(jobs),
+                    Err(_) => break,
+                }
+            }
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            loop {
+                while batch.len() < MAX_JOBS_PER_TXN && bytes < MAX_BYTES_PER_TXN {
+                    let Some(job) = queued.pop_front() else { break };
+                    bytes += job.bytes;
+                    batch.push(job);
+                }
+                if !queued.is_empty() {
+                    break;
+                }
                 match self.rx.try_recv() {
-                    Ok(job) => {
-                        bytes += job.bytes;
-                        batch.push(job);
-                    }
+                    Ok(jobs) => queued.extend(jobs),
                     Err(_) => break,
                 }
             }
