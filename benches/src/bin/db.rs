@@ -23,7 +23,7 @@
 //! The **baseline**, in the same run, is rusqlite in this process on its own database
 //! in a temp dir, with the server's VFS (`unix-excl`: WAL index in heap memory, no
 //! `fcntl` per read transaction; `--baseline-vfs default` for SQLite's default) and
-//! pragmas (WAL, `synchronous=NORMAL`,
+//! pragmas (1 KiB pages, WAL, `synchronous=NORMAL`,
 //! `temp_store=MEMORY`, `cache_size=-64000`, `mmap_size` 256 MiB) and the server's table
 //! (`records(key TEXT PRIMARY KEY, value BLOB, kind, hlc, replica, seq, updated_at,
 //! deleted) STRICT, WITHOUT ROWID`): get = a prepared `SELECT` by key into an owned
@@ -1163,7 +1163,8 @@ fn sqlite_open(path: &Path, vfs: Option<&str>) -> Result<Connection> {
         None => Connection::open_with_flags(path, flags)?,
     };
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "page_size", 4096)?;
+    // The server's page size for new databases (server/src/store/schema.rs).
+    conn.pragma_update(None, "page_size", 1024)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(format!("baseline: could not enable WAL (got {mode})").into());
