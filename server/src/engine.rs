@@ -25,6 +25,13 @@ use crate::store::{
 /// Most records one List returns, whatever limit the client asks for.
 pub const MAX_LIST: u32 = 10_000;
 
+/// Most key+value bytes of one session's writes in flight before the session waits
+/// for them (see [`EngineSession::over_write_budget`]).
+pub const MAX_SESSION_INFLIGHT_BYTES: usize = 64 << 20;
+/// Most key+value bytes queued for the writer (all sessions) before a session with
+/// writes in flight waits for them.
+pub const MAX_QUEUED_WRITE_BYTES: usize = 256 << 20;
+
 /// Largest value the store accepts from any session (a session's own limit is lower:
 /// what fits in its rings).
 pub const MAX_VALUE_LEN: usize = (ringbase_protocol::layout::MAX_RING / 2) as usize;
@@ -101,6 +108,7 @@ impl Engine {
             rx,
             next_ticket: 1,
             pending: HashMap::new(),
+            inflight_bytes: 0,
             outbox: self.store.job_queue(),
             max_payload,
         })
@@ -185,11 +193,14 @@ impl Engine {
     ) -> Result<Reply, StoreError> {
         let ticket = s.next_ticket;
         s.next_ticket += 1;
+        let mut bytes = 0;
         if let Some(job) = self.store.prepare(ticket, ops, s.tx.clone()) {
+            bytes = job.bytes;
             // Sent with the rest of the burst (see `EngineSession::flush`).
             s.outbox.push(job);
         }
-        s.pending.insert(ticket, kind);
+        s.inflight_bytes += bytes;
+        s.pending.insert(ticket, (kind, bytes));
         Ok(Reply::Pending(ticket))
     }
 
@@ -223,7 +234,10 @@ pub(crate) struct EngineSession {
     tx: Sender<(u64, Result<Vec<WriteOutcome>, StoreError>)>,
     rx: Receiver<(u64, Result<Vec<WriteOutcome>, StoreError>)>,
     next_ticket: u64,
-    pending: HashMap<u64, WriteKind>,
+    /// Writes in flight: their kind and key+value bytes.
+    pending: HashMap<u64, (WriteKind, usize)>,
+    /// Key+value bytes of the writes in flight.
+    inflight_bytes: usize,
     /// Write jobs of the current burst of requests, not yet sent to the writer.
     outbox: JobQueue,
     max_payload: u64,
@@ -247,11 +261,35 @@ impl EngineSession {
         self.outbox.flush();
     }
 
+    /// Whether this session should wait for its writes in flight before it reads more
+    /// requests: its own writes hold [`MAX_SESSION_INFLIGHT_BYTES`] or more, or the
+    /// writer's queue (all sessions) holds [`MAX_QUEUED_WRITE_BYTES`] or more. The ring
+    /// does not bound this: the session copies each request out of it, so without this a
+    /// client streaming large puts faster than SQLite commits them would make the server
+    /// hold them all in memory.
+    pub(crate) fn over_write_budget(&self, store: &Store) -> bool {
+        self.inflight_bytes >= MAX_SESSION_INFLIGHT_BYTES
+            || (self.inflight_bytes > 0 && store.queued_bytes() >= MAX_QUEUED_WRITE_BYTES)
+    }
+
     /// A finished write, if any.
     pub(crate) fn try_completion(&mut self) -> Option<(u64, Response)> {
         self.flush();
         let (ticket, result) = self.rx.try_recv().ok()?;
         Some(self.finish(ticket, result))
+    }
+
+    /// Whether a finished write waits to be taken ([`EngineSession::try_completion`]).
+    pub(crate) fn completion_ready(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Waits at most `timeout` until a finished write is ready, without taking it.
+    pub(crate) fn wait_completion_ready(&mut self, timeout: Duration) -> bool {
+        self.flush();
+        let mut sel = crossbeam_channel::Select::new();
+        sel.recv(&self.rx);
+        sel.ready_timeout(timeout).is_ok()
     }
 
     /// Waits at most `timeout` for a finished write.
@@ -266,7 +304,11 @@ impl EngineSession {
         ticket: u64,
         result: Result<Vec<WriteOutcome>, StoreError>,
     ) -> (u64, Response) {
-        let kind = self.pending.remove(&ticket).unwrap_or(WriteKind::Batch);
+        let (kind, bytes) = self
+            .pending
+            .remove(&ticket)
+            .unwrap_or((WriteKind::Batch, 0));
+        self.inflight_bytes -= bytes;
         let resp = match result {
             Err(e) => store_error(&e),
             Ok(outcomes) => {

@@ -37,6 +37,15 @@ use crate::ipc::Shared;
 const SLEEP_SLICE: Duration = Duration::from_millis(500);
 /// Requests served between two publications of the rings.
 const BURST: usize = 256;
+/// How long a session with writes in flight spins for a completion or a new request
+/// before it blocks on the completion channel.
+const WRITE_WAIT_SPIN: Duration = Duration::from_micros(20);
+/// First slice a session with writes in flight blocks on the completion channel before
+/// it looks at the request ring again; the slices double up to [`WRITE_WAIT_SLICE_MAX`].
+const WRITE_WAIT_SLICE_MIN: Duration = Duration::from_micros(50);
+/// Longest such slice: the most a request can wait behind a long write before the
+/// session sees it.
+const WRITE_WAIT_SLICE_MAX: Duration = Duration::from_millis(1);
 /// Most responses a session may have waiting behind an unfinished write.
 const MAX_QUEUED: usize = 4096;
 
@@ -236,7 +245,9 @@ impl SessionLoop<'_> {
                 let reply =
                     reply.unwrap_or_else(|msg| Reply::Now(error(ErrorCode::BadRequest, msg)));
                 self.reply(f.corr, reply)?;
-                if self.queue.len() >= MAX_QUEUED {
+                if self.queue.len() >= MAX_QUEUED
+                    || self.engine.over_write_budget(self.shared.engine.store())
+                {
                     self.drain_writes()?;
                 }
             }
@@ -250,12 +261,43 @@ impl SessionLoop<'_> {
                 continue;
             }
             if !self.queue.is_empty() {
-                // Nothing new to read, but writes are in flight: wait for them.
-                self.collect(true)?;
-                self.resp.flush();
+                // Nothing new to read, but writes are in flight: wait for one to finish
+                // or for a new request, whichever comes first. (Waiting for the write
+                // alone would leave a pipelining client's next requests in the ring
+                // until then, and the writer idle once it is done.)
+                self.wait_for_completion_or_request()?;
                 continue;
             }
             self.wait_for_request()?;
+        }
+    }
+
+    /// With writes in flight: spins briefly (a small write commits in microseconds), then
+    /// blocks on the completion channel in slices that grow from
+    /// [`WRITE_WAIT_SLICE_MIN`] to [`WRITE_WAIT_SLICE_MAX`], looking at the request ring
+    /// between slices. Returns when a completion is ready or a request arrived.
+    fn wait_for_completion_or_request(&mut self) -> Result<(), End> {
+        let start = std::time::Instant::now();
+        let mut slice = WRITE_WAIT_SLICE_MIN;
+        let mut spins = 0u32;
+        loop {
+            if self.engine.completion_ready() || self.req.has_data()? {
+                return Ok(());
+            }
+            self.check()?;
+            if start.elapsed() < WRITE_WAIT_SPIN {
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(64) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            if self.engine.wait_completion_ready(slice) {
+                return Ok(());
+            }
+            slice = (slice * 2).min(WRITE_WAIT_SLICE_MAX);
         }
     }
 

@@ -523,6 +523,82 @@ fn pipelined_writes_share_group_commits_and_reads_see_them() {
     });
 }
 
+/// The server's anonymous (heap) resident memory, bytes.
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A client streams 500 puts of ~1 MB each without waiting for answers: every put is
+/// acknowledged and stored, and the server's heap stays far below the stream's size (no
+/// value is kept once written). The write budget that bounds a session's writes in
+/// flight (engine.rs) is checked by the store's unit tests: in this debug build the
+/// client's encoding, not SQLite, limits the stream, so no backlog forms here.
+#[test]
+fn streaming_large_puts_are_all_stored_with_bounded_server_memory() {
+    let rt = TempDir::new("stream");
+    let srv = ServerProc::start(
+        &rt.path().join("run"),
+        &rt.path().join("data"),
+        "stream",
+        &[],
+    );
+    watchdog(Duration::from_secs(300), move || {
+        let mut c = srv.connect();
+        let len = 1_000_000usize.min(c.max_value_len() as usize);
+        let puts = 500;
+        let pid = srv.pid();
+        let base = rss_anon(pid);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss_anon(pid));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                peak
+            })
+        };
+        for i in 0..puts {
+            let value = vec![b'a' + (i % 26) as u8; len];
+            c.send(&Request::Put {
+                key: format!("big/{i:04}"),
+                value,
+                kind: ValueKind::Bytes,
+            })
+            .unwrap();
+        }
+        for _ in 0..puts {
+            let (_, r) = c.recv().unwrap();
+            assert!(matches!(r, Response::Written(_)), "{r:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().unwrap();
+        let grew = peak.saturating_sub(base);
+        eprintln!(
+            "server heap grew by {} MiB at most while {} MiB streamed in",
+            grew >> 20,
+            (puts * len) >> 20
+        );
+        // 64 MiB of SQLite page cache on the writer, writes in flight, allocator slack.
+        assert!(
+            grew < 220 << 20,
+            "server heap grew by {} MiB while {} MiB streamed in",
+            grew >> 20,
+            (puts * len) >> 20
+        );
+        let last = c.get(&format!("big/{:04}", puts - 1)).unwrap().unwrap();
+        assert_eq!(last.value.len(), len);
+        assert_eq!(c.count(Some("big/")).unwrap(), puts as u64);
+    });
+}
+
 #[test]
 fn connect_or_spawn_from_four_processes_starts_exactly_one_server() {
     let rt = TempDir::new("spawn");

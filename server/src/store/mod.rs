@@ -47,6 +47,7 @@ mod writer;
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -78,6 +79,7 @@ type JobSender = Arc<RwLock<Option<Sender<Vec<Job>>>>>;
 pub struct JobQueue {
     tx: JobSender,
     jobs: Vec<Job>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -106,7 +108,10 @@ impl JobQueue {
             return;
         }
         let jobs = std::mem::take(&mut self.jobs);
+        let bytes: usize = jobs.iter().map(|j| j.bytes).sum();
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
         if let Err(jobs) = send_jobs(&self.tx, jobs) {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
             for job in jobs {
                 let _ = job.done.send((job.ticket, Err(StoreError::Closed)));
             }
@@ -276,6 +281,7 @@ impl Store {
             hub: changes::ChangeHub::default(),
             stats: StatCounters::default(),
             cache: Arc::new(cache::ReadCache::new(opts.read_cache_bytes)),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = Writer::new(conn, db_path.clone(), rx, shared.clone(), seq, hlc_high);
@@ -326,7 +332,12 @@ impl Store {
         let Some(job) = self.prepare(ticket, ops, done) else {
             return Ok(());
         };
-        send_jobs(&self.tx, vec![job]).map_err(|_| StoreError::Closed)
+        let bytes = job.bytes;
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        send_jobs(&self.tx, vec![job]).map_err(|_| {
+            self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            StoreError::Closed
+        })
     }
 
     /// Validates a write job for a [`JobQueue`]. An invalid job (or one with no ops) is
@@ -360,7 +371,13 @@ impl Store {
         JobQueue {
             tx: Arc::clone(&self.tx),
             jobs: Vec::new(),
+            queued: Arc::clone(&self.shared.queued_bytes),
         }
+    }
+
+    /// Key and value bytes of the write jobs sent to the writer and not yet applied.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Relaxed)
     }
 
     fn is_closed(&self) -> bool {

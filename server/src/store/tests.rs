@@ -1145,3 +1145,63 @@ fn checkpointer_folds_the_wal_into_the_database_while_running() {
     }
     assert_eq!(store.reader().unwrap().count(None).unwrap(), 10_000);
 }
+
+#[test]
+fn queued_bytes_count_jobs_from_send_until_applied_and_never_leak() {
+    let dir = TestDir::new("queued-bytes");
+    let store = open(&dir);
+    let (done, results) = crossbeam_channel::unbounded();
+    let mut queue = store.job_queue();
+    {
+        let _blocker = WriteBlocker::new(&dir);
+        // The writer takes this job and waits in BEGIN behind the blocker.
+        store
+            .submit(0, vec![put_bytes("first", b"0")], done.clone())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 1..=10u64 {
+            let job = store
+                .prepare(
+                    i,
+                    vec![put_bytes(&format!("k{i:02}"), &[7; 1000])],
+                    done.clone(),
+                )
+                .expect("valid job");
+            assert_eq!(job.bytes, 3 + 1000);
+            queue.push(job);
+        }
+        // Gathered, not yet sent: not counted.
+        assert!(store.queued_bytes() <= 6, "{}", store.queued_bytes());
+        queue.flush();
+        assert!(queue.is_empty());
+        assert!(
+            store.queued_bytes() >= 10 * 1003,
+            "{}",
+            store.queued_bytes()
+        );
+    }
+    for _ in 0..11 {
+        results
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .1
+            .unwrap();
+    }
+    assert_eq!(store.queued_bytes(), 0);
+    // Invalid jobs are answered at once and never counted.
+    assert!(store
+        .prepare(99, vec![put_json("bad", "{")], done.clone())
+        .is_none());
+    assert!(results.recv().unwrap().1.is_err());
+    // After shutdown, a flush answers each job with Closed and counts nothing.
+    let job = store
+        .prepare(100, vec![put_bytes("late", b"x")], done.clone())
+        .unwrap();
+    store.shutdown();
+    queue.push(job);
+    queue.flush();
+    let (ticket, result) = results.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(ticket, 100);
+    assert!(matches!(result, Err(StoreError::Closed)));
+    assert_eq!(store.queued_bytes(), 0);
+}

@@ -77,6 +77,8 @@ pub struct Shared {
     pub stats: StatCounters,
     /// Read cache: invalidated after each commit, before completions are sent.
     pub cache: Arc<super::cache::ReadCache>,
+    /// Key+value bytes of jobs sent to the writer and not yet applied.
+    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// WAL size past which the writer checkpoints itself (see `Writer::run`).
@@ -234,6 +236,8 @@ impl Writer {
                 .iter()
                 .flat_map(|job| job.ops.iter().map(|op| op.key())),
         );
+        let bytes: usize = batch.iter().map(|job| job.bytes).sum();
+        shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let mut ops = 0u64;
         for (job, result) in batch.into_iter().zip(results) {
             match &result {
