@@ -26,7 +26,8 @@ use crate::store::{
 pub const MAX_LIST: u32 = 10_000;
 
 /// Most key+value bytes of one session's writes in flight before the session waits
-/// for them (see [`EngineSession::over_write_budget`]).
+/// for them: the ring does not bound a session's writes (the session copies each
+/// request out of it), this does.
 pub const MAX_SESSION_INFLIGHT_BYTES: usize = 64 << 20;
 /// Most key+value bytes queued for the writer (all sessions) before a session with
 /// writes in flight waits for them.
