@@ -340,6 +340,68 @@ fn failing_job_rolls_back_alone_within_a_group() {
 }
 
 #[test]
+fn failing_single_op_jobs_fail_alone_without_a_savepoint() {
+    let dir = TestDir::new("single-op-fail");
+    let store = open(&dir);
+    store.write(vec![put_json("held", "\"old\"")]).unwrap();
+    // Inserting "poison" fails, and so does any update of "held" (overwrite or delete).
+    let raw = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER poison_insert BEFORE INSERT ON records WHEN NEW.key = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned insert'); END;
+         CREATE TRIGGER poison_update BEFORE UPDATE ON records WHEN NEW.key = 'held'
+         BEGIN SELECT RAISE(ABORT, 'poisoned update'); END;",
+    )
+    .unwrap();
+    drop(raw);
+
+    let (done, results) = crossbeam_channel::unbounded();
+    {
+        // Hold the write lock so that the jobs are grouped into one transaction.
+        let _blocker = WriteBlocker::new(&dir);
+        store
+            .submit(1, vec![put_json("ok1", "1")], done.clone())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // writer takes job 1, waits on lock
+        store
+            .submit(2, vec![put_json("poison", "2")], done.clone())
+            .unwrap();
+        store
+            .submit(3, vec![put_json("held", "3")], done.clone())
+            .unwrap();
+        store.submit(4, vec![del("held")], done.clone()).unwrap();
+        store
+            .submit(5, vec![put_json("ok2", "5")], done.clone())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut got: Vec<_> = (0..5).map(|_| results.recv().unwrap()).collect();
+    got.sort_by_key(|(t, _)| *t);
+    let v1 = got[0].1.as_ref().unwrap()[0].version.unwrap();
+    for (i, want) in [
+        (1, "poisoned insert"),
+        (2, "poisoned update"),
+        (3, "poisoned update"),
+    ] {
+        let e = got[i].1.as_ref().unwrap_err();
+        assert!(
+            matches!(e, StoreError::Sqlite(m) if m.contains(want)),
+            "job {}: {e:?}",
+            i + 1
+        );
+    }
+    let v5 = got[4].1.as_ref().unwrap()[0].version.unwrap();
+    // The failed jobs' sequence numbers were given back.
+    assert_eq!(v5.seq, v1.seq + 1);
+    let mut r = store.reader().unwrap();
+    assert_eq!(all_keys(&mut r), ["held", "ok1", "ok2"]);
+    assert_eq!(r.get("held").unwrap().unwrap().value, b"\"old\"");
+    let stats = store.stats();
+    assert_eq!(stats.failed_jobs, 3);
+    assert!(stats.transactions <= 3, "{stats:?}");
+}
+
+#[test]
 fn group_commit_from_four_threads() {
     let dir = TestDir::new("group");
     let store = Arc::new(open(&dir));
