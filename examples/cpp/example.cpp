@@ -16,7 +16,13 @@
 int main(int argc, char **argv) {
     const char *name = argc > 1 ? argv[1] : nullptr;
     try {
-        auto db = ringbase::Client::connect_or_spawn(name);
+        // Start the server if it is not running; give up on a call after 5 s rather than
+        // hang a frame on a stuck server.
+        ringbase::Options opts;
+        opts.name = name;
+        opts.spawn = true;
+        opts.call_timeout = std::chrono::seconds(5);
+        auto db = ringbase::Client::connect_with(opts);
 
         db.put("settings:volume", "0.8");
         db.put("settings:name", "\"Ada\"");

@@ -10,6 +10,7 @@
 
 #include <ringbase.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -128,9 +129,40 @@ class List {
     std::unique_ptr<ringbase_list, detail::FreeList> l_;
 };
 
+/// Connection settings for Client::connect_with (ringbase_options in ringbase.h);
+/// what is left unset keeps its default. The strings are only read during the call.
+struct Options {
+    const char *name = nullptr;         ///< server name (nullptr = "default")
+    const char *runtime_dir = nullptr;  ///< where servers' sockets live (nullptr = default)
+    bool busy_poll = false;             ///< never sleep while waiting (lowest latency)
+    bool spawn = false;                 ///< start the server if none runs
+    const char *server_path = nullptr;  ///< with spawn: the ringbase binary (nullptr = lookup)
+    std::uint64_t request_ring = 0;     ///< bytes (0 = server default, 2 MiB)
+    std::uint64_t response_ring = 0;    ///< bytes (0 = server default, 2 MiB)
+    /// Longest a call waits for a live server (0 = no limit); a timeout throws an Error
+    /// with code RINGBASE_E_TIMEOUT and ends the session.
+    std::chrono::milliseconds call_timeout{0};
+};
+
 /// One session with a Ringbase server. Movable, not copyable; closed by its destructor.
 class Client {
   public:
+    /// Connects with explicit settings (name, runtime dir, wait mode, ring sizes, call
+    /// timeout, optional server start).
+    static Client connect_with(const Options &o) {
+        ringbase_options c{};
+        c.name = o.name;
+        c.runtime_dir = o.runtime_dir;
+        c.wait_mode = o.busy_poll ? RINGBASE_WAIT_BUSY_POLL : RINGBASE_WAIT_ADAPTIVE;
+        c.spawn = o.spawn ? 1 : 0;
+        c.server_path = o.server_path;
+        c.request_ring = o.request_ring;
+        c.response_ring = o.response_ring;
+        c.call_timeout_ms = static_cast<std::uint64_t>(o.call_timeout.count());
+        ringbase_client *h = nullptr;
+        detail::check(ringbase_connect_with(&c, &h));
+        return Client(h);
+    }
     /// Connects to a running server (nullptr = "default").
     static Client connect(const char *name = nullptr) {
         ringbase_client *c = nullptr;

@@ -39,6 +39,25 @@ class StatusInfo(ctypes.Structure):
     ]
 
 
+class Options(ctypes.Structure):
+    """ringbase_options: zero means the default for every field."""
+    _fields_ = [
+        ("name", c_char_p),
+        ("runtime_dir", c_char_p),
+        ("wait_mode", c_int),
+        ("spawn", c_int),
+        ("server_path", c_char_p),
+        ("request_ring", c_uint64),
+        ("response_ring", c_uint64),
+        ("call_timeout_ms", c_uint64),
+    ]
+
+
+RINGBASE_WAIT_ADAPTIVE = 0
+RINGBASE_WAIT_BUSY_POLL = 1
+RINGBASE_E_TIMEOUT = -30819
+
+
 class Completion(ctypes.Structure):
     _fields_ = [
         ("ticket", c_uint64),
@@ -70,7 +89,7 @@ def _load():
         "ringbase_version": (c_char_p, []),
         "ringbase_last_error": (c_char_p, [H]),
         "ringbase_free": (None, [c_void_p]),
-        "ringbase_connect_or_spawn": (c_int, [c_char_p, c_char_p, POINTER(H)]),
+        "ringbase_connect_with": (c_int, [POINTER(Options), POINTER(H)]),
         "ringbase_close": (None, [H]),
         "ringbase_put": (c_int, [H, c_char_p, c_size_t, c_char_p, c_size_t, c_int]),
         "ringbase_get": (c_int, [H, c_char_p, c_size_t, POINTER(c_void_p), POINTER(c_size_t), POINTER(c_int)]),
@@ -119,10 +138,21 @@ def _b(s):
 class Client:
     """One session; use it from one thread at a time (or one Client per thread)."""
 
-    def __init__(self, name=None, server_path=None):
+    def __init__(self, name=None, server_path=None, spawn=True, busy_poll=False,
+                 call_timeout_ms=0, runtime_dir=None):
+        """Connects (starting the server first if none runs, unless spawn=False). A call
+        that a live server does not answer within call_timeout_ms (0 = no limit) raises
+        RingbaseError with code RINGBASE_E_TIMEOUT and ends the session."""
+        opts = Options(
+            name=name and _b(name),
+            runtime_dir=runtime_dir and _b(runtime_dir),
+            wait_mode=RINGBASE_WAIT_BUSY_POLL if busy_poll else RINGBASE_WAIT_ADAPTIVE,
+            spawn=1 if spawn else 0,
+            server_path=server_path and _b(server_path),
+            call_timeout_ms=call_timeout_ms,
+        )
         self._c = c_void_p()
-        _check(lib.ringbase_connect_or_spawn(name and _b(name), server_path and _b(server_path),
-                                             byref(self._c)))
+        _check(lib.ringbase_connect_with(byref(opts), byref(self._c)))
 
     def close(self):
         if self._c:
@@ -235,7 +265,7 @@ class Client:
 def main():
     name = sys.argv[1] if len(sys.argv) > 1 else None
     print("libringbase", lib.ringbase_version().decode())
-    with Client(name) as db:
+    with Client(name, call_timeout_ms=5000) as db:
         db.put("py:greeting", '"hello from python"')
         db.put("py:blob", b"\x00\xff", RINGBASE_BYTES)
         print("py:greeting =", db.get("py:greeting"))
