@@ -41,6 +41,7 @@ mod clock;
 mod error;
 mod reader;
 mod schema;
+mod walbuf;
 mod writer;
 
 #[cfg(test)]

@@ -65,12 +65,14 @@ const VFS: &str = "unix-excl";
 
 /// Open the writer connection, set its pragmas and run pending migrations.
 pub fn open_writer(db: &Path) -> Result<Connection, StoreError> {
+    // The writer's WAL appends go through the gathering shim over unix-excl.
+    super::walbuf::register().map_err(StoreError::Sqlite)?;
     let conn = Connection::open_with_flags_and_vfs(
         db,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        VFS,
+        super::walbuf::VFS_NAME,
     )?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     // page_size only takes effect on a new database, before WAL mode is entered.
