@@ -286,48 +286,63 @@ fn batch_is_atomic() {
     assert_eq!(r.get("m1").unwrap().unwrap().value, b"11");
 }
 
+/// Runs SQL (triggers) on the store's database from another connection.
+fn exec_on_db(dir: &TestDir, sql: &str) {
+    let raw = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    raw.execute_batch(sql).unwrap();
+}
+
+/// Submits `jobs` so that the writer applies all but the first in one transaction (the
+/// first takes the writer into BEGIN behind a held write lock while the rest queue up),
+/// and returns their results in order.
+fn run_grouped(
+    dir: &TestDir,
+    store: &Store,
+    jobs: Vec<Vec<WriteOp>>,
+) -> Vec<Result<Vec<WriteOutcome>, StoreError>> {
+    let (done, results) = crossbeam_channel::unbounded();
+    let n = jobs.len();
+    {
+        let _blocker = WriteBlocker::new(dir);
+        for (i, ops) in jobs.into_iter().enumerate() {
+            store.submit(i as u64, ops, done.clone()).unwrap();
+            if i == 0 {
+                std::thread::sleep(Duration::from_millis(50)); // writer takes job 0, waits
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut got: Vec<_> = (0..n).map(|_| results.recv().unwrap()).collect();
+    got.sort_by_key(|(t, _)| *t);
+    got.into_iter().map(|(_, r)| r).collect()
+}
+
 #[test]
 fn failing_job_rolls_back_alone_within_a_group() {
     let dir = TestDir::new("savepoint");
     let store = open(&dir);
     // A trigger makes any write of key "poison" fail inside SQLite (after validation).
-    let raw = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-    raw.execute_batch(
+    exec_on_db(
+        &dir,
         "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
          BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-    )
-    .unwrap();
-    drop(raw);
-
-    let (done, results) = crossbeam_channel::unbounded();
-    {
-        // Hold the write lock so that all three jobs are grouped into one transaction.
-        let _blocker = WriteBlocker::new(&dir);
-        store
-            .submit(1, vec![put_json("ok1", "1")], done.clone())
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50)); // writer takes job 1, waits on lock
-        store
-            .submit(
-                2,
-                vec![put_json("x", "1"), put_json("poison", "2")],
-                done.clone(),
-            )
-            .unwrap();
-        store
-            .submit(3, vec![put_json("ok2", "3")], done.clone())
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut got: Vec<_> = (0..3).map(|_| results.recv().unwrap()).collect();
-    got.sort_by_key(|(t, _)| *t);
-    let v1 = got[0].1.as_ref().unwrap()[0].version.unwrap();
-    let e = got[1].1.as_ref().unwrap_err();
+    );
+    let got = run_grouped(
+        &dir,
+        &store,
+        vec![
+            vec![put_json("ok1", "1")],
+            vec![put_json("x", "1"), put_json("poison", "2")],
+            vec![put_json("ok2", "3")],
+        ],
+    );
+    let v1 = got[0].as_ref().unwrap()[0].version.unwrap();
+    let e = got[1].as_ref().unwrap_err();
     assert!(
         matches!(e, StoreError::Sqlite(m) if m.contains("poisoned")),
         "{e:?}"
     );
-    let v3 = got[2].1.as_ref().unwrap()[0].version.unwrap();
+    let v3 = got[2].as_ref().unwrap()[0].version.unwrap();
     // The failed job's sequence numbers were given back: no gap in the dots.
     assert_eq!(v3.seq, v1.seq + 1);
 
@@ -345,52 +360,37 @@ fn failing_single_op_jobs_fail_alone_without_a_savepoint() {
     let store = open(&dir);
     store.write(vec![put_json("held", "\"old\"")]).unwrap();
     // Inserting "poison" fails, and so does any update of "held" (overwrite or delete).
-    let raw = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-    raw.execute_batch(
+    exec_on_db(
+        &dir,
         "CREATE TRIGGER poison_insert BEFORE INSERT ON records WHEN NEW.key = 'poison'
          BEGIN SELECT RAISE(ABORT, 'poisoned insert'); END;
          CREATE TRIGGER poison_update BEFORE UPDATE ON records WHEN NEW.key = 'held'
          BEGIN SELECT RAISE(ABORT, 'poisoned update'); END;",
-    )
-    .unwrap();
-    drop(raw);
-
-    let (done, results) = crossbeam_channel::unbounded();
-    {
-        // Hold the write lock so that the jobs are grouped into one transaction.
-        let _blocker = WriteBlocker::new(&dir);
-        store
-            .submit(1, vec![put_json("ok1", "1")], done.clone())
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50)); // writer takes job 1, waits on lock
-        store
-            .submit(2, vec![put_json("poison", "2")], done.clone())
-            .unwrap();
-        store
-            .submit(3, vec![put_json("held", "3")], done.clone())
-            .unwrap();
-        store.submit(4, vec![del("held")], done.clone()).unwrap();
-        store
-            .submit(5, vec![put_json("ok2", "5")], done.clone())
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut got: Vec<_> = (0..5).map(|_| results.recv().unwrap()).collect();
-    got.sort_by_key(|(t, _)| *t);
-    let v1 = got[0].1.as_ref().unwrap()[0].version.unwrap();
+    );
+    let got = run_grouped(
+        &dir,
+        &store,
+        vec![
+            vec![put_json("ok1", "1")],
+            vec![put_json("poison", "2")],
+            vec![put_json("held", "3")],
+            vec![del("held")],
+            vec![put_json("ok2", "5")],
+        ],
+    );
+    let v1 = got[0].as_ref().unwrap()[0].version.unwrap();
     for (i, want) in [
         (1, "poisoned insert"),
         (2, "poisoned update"),
         (3, "poisoned update"),
     ] {
-        let e = got[i].1.as_ref().unwrap_err();
+        let e = got[i].as_ref().unwrap_err();
         assert!(
             matches!(e, StoreError::Sqlite(m) if m.contains(want)),
-            "job {}: {e:?}",
-            i + 1
+            "job {i}: {e:?}"
         );
     }
-    let v5 = got[4].1.as_ref().unwrap()[0].version.unwrap();
+    let v5 = got[4].as_ref().unwrap()[0].version.unwrap();
     // The failed jobs' sequence numbers were given back.
     assert_eq!(v5.seq, v1.seq + 1);
     let mut r = store.reader().unwrap();

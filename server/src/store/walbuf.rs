@@ -675,6 +675,19 @@ mod tests {
         assert_eq!(bad, 0, "rows with another generation's value");
     }
 
+    /// One transaction inserting keys `keys`, each value `len` bytes of `gen`.
+    fn insert_txn(c: &Connection, keys: std::ops::Range<i64>, gen: u8, len: usize) {
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for k in keys {
+            c.execute(
+                "INSERT INTO t(k, v) VALUES (?1, ?2)",
+                rusqlite::params![k, vec![gen; len]],
+            )
+            .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+    }
+
     #[test]
     fn every_commit_is_in_the_wal_file_when_it_returns() {
         let dir = Dir::new("commits");
@@ -719,15 +732,7 @@ mod tests {
         // 20 pages of cache: the transaction below spills frames before its commit and
         // then changes those pages again, so SQLite rewrites frames and checksums.
         let c = open_shim(&db, 20);
-        c.execute_batch("BEGIN IMMEDIATE").unwrap();
-        for k in 0..3000i64 {
-            c.execute(
-                "INSERT INTO t(k, v) VALUES (?1, ?2)",
-                rusqlite::params![k, vec![1u8; 300]],
-            )
-            .unwrap();
-        }
-        c.execute_batch("COMMIT").unwrap();
+        insert_txn(&c, 0..3000, 1, 300);
         check(&crash_copy(&db, &dir.0.join("copy")), 3000, 1);
         c.execute_batch("BEGIN IMMEDIATE").unwrap();
         for round in 0..3 {
@@ -743,15 +748,7 @@ mod tests {
         c.execute_batch("COMMIT").unwrap();
         check(&crash_copy(&db, &dir.0.join("copy")), 3000, 2);
         // More than MAX_GATHER in one commit.
-        c.execute_batch("BEGIN IMMEDIATE").unwrap();
-        for k in 3000..12_000i64 {
-            c.execute(
-                "INSERT INTO t(k, v) VALUES (?1, ?2)",
-                rusqlite::params![k, vec![2u8; 700]],
-            )
-            .unwrap();
-        }
-        c.execute_batch("COMMIT").unwrap();
+        insert_txn(&c, 3000..12_000, 2, 700);
         check(&crash_copy(&db, &dir.0.join("copy")), 12_000, 2);
         drop(c);
         // And the file itself, reopened after a clean close.
