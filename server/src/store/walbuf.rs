@@ -119,6 +119,8 @@ struct ShimFile {
     inner: *mut ffi::sqlite3_file,
     /// WAL files: their gather.
     wal: Option<Shared>,
+    /// WAL files: their key in the registry (their database's path).
+    wal_key: Option<Vec<u8>>,
     /// Main database files: their path (to find their WAL's gather) and a cached link.
     db_path: Option<Vec<u8>>,
     wal_link: Weak<Mutex<Gather>>,
@@ -197,6 +199,7 @@ unsafe extern "C" fn shim_open(
         }
         let path = (!name.is_null()).then(|| CStr::from_ptr(name).to_bytes().to_vec());
         let mut wal = None;
+        let mut wal_key = None;
         let mut db_path = None;
         if flags & ffi::SQLITE_OPEN_WAL != 0 {
             let g = Arc::new(Mutex::new(Gather {
@@ -211,7 +214,8 @@ unsafe extern "C" fn shim_open(
                 registry()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(db, Arc::downgrade(&g));
+                    .insert(db.clone(), Arc::downgrade(&g));
+                wal_key = Some(db);
             }
             wal = Some(g);
         } else if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
@@ -225,6 +229,7 @@ unsafe extern "C" fn shim_open(
                 },
                 inner,
                 wal,
+                wal_key,
                 db_path,
                 wal_link: Weak::new(),
             },
@@ -326,10 +331,15 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
         rc = unsafe { g.flush() };
         g.file = std::ptr::null_mut();
     }
-    // SAFETY: `inner` is open; closing it is the last use.
-    let rc2 = // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
-    // its methods table is valid and its methods take it.
-    unsafe {
+    if let (Some(key), Some(g)) = (&shim.wal_key, &shim.wal) {
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if reg.get(key).is_some_and(|w| w.ptr_eq(&Arc::downgrade(g))) {
+            reg.remove(key);
+        }
+    }
+    // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose), so
+    // its methods table is valid; closing it is its last use.
+    let rc2 = unsafe {
         match m(inner).xClose {
             Some(close) => close(inner),
             None => ffi::SQLITE_OK,
@@ -338,6 +348,7 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: drops the Rust fields written by shim_open; SQLite frees the memory.
     unsafe {
         std::ptr::drop_in_place(&mut shim.wal);
+        std::ptr::drop_in_place(&mut shim.wal_key);
         std::ptr::drop_in_place(&mut shim.db_path);
         std::ptr::drop_in_place(&mut shim.wal_link);
         shim.base.pMethods = std::ptr::null();
@@ -723,6 +734,17 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         check(&crash_copy(&db, &dir.0.join("copy")), n, 1);
+        // Closing the connection closes the WAL and forgets its gather.
+        let key = std::fs::canonicalize(&db).unwrap();
+        assert!(super::registry()
+            .lock()
+            .unwrap()
+            .contains_key(key.as_os_str().as_encoded_bytes()));
+        drop(c);
+        assert!(!super::registry()
+            .lock()
+            .unwrap()
+            .contains_key(key.as_os_str().as_encoded_bytes()));
     }
 
     #[test]
