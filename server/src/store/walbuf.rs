@@ -378,10 +378,9 @@ unsafe extern "C" fn x_write(
     // SAFETY: SQLite calls io methods only on files our xOpen opened.
     let (shim, inner) = unsafe { parts(f) };
     let Some(g) = &shim.wal else {
-        // SAFETY: `inner` is open.
-        return // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
-        // its methods table is valid and its methods take it.
-        unsafe {
+        // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
+        // its methods table is valid; `buf` holds `amt` bytes.
+        return unsafe {
             match m(inner).xWrite {
                 Some(w) => w(inner, buf, amt, off),
                 None => ffi::SQLITE_IOERR_WRITE,
@@ -411,10 +410,9 @@ unsafe extern "C" fn x_write(
         // rewrote a frame of the transaction): written through, in order, with its
         // own result.
         g.commit_page_next = false;
-        // SAFETY: `inner` is open.
-        return // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
-        // its methods table is valid and its methods take it.
-        unsafe {
+        // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
+        // its methods table is valid; `buf` holds `amt` bytes.
+        return unsafe {
             match m(inner).xWrite {
                 Some(w) => w(inner, buf, amt, off),
                 None => ffi::SQLITE_IOERR_WRITE,
