@@ -109,10 +109,7 @@ impl JobQueue {
             return;
         }
         let jobs = std::mem::take(&mut self.jobs);
-        let bytes: usize = jobs.iter().map(|j| j.bytes).sum();
-        self.queued.fetch_add(bytes, Ordering::Relaxed);
-        if let Err(jobs) = send_jobs(&self.tx, jobs) {
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        if let Err(jobs) = send_jobs(&self.tx, &self.queued, jobs) {
             for job in jobs {
                 let _ = job.done.send((job.ticket, Err(StoreError::Closed)));
             }
@@ -126,13 +123,20 @@ impl Drop for JobQueue {
     }
 }
 
-/// Sends a burst of jobs to the writer; gives them back if the store is shut down.
-fn send_jobs(tx: &JobSender, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+/// Sends a burst of jobs to the writer, counting their bytes in `queued` (the writer
+/// subtracts them once applied); gives them back, uncounted, if the store is shut down.
+fn send_jobs(tx: &JobSender, queued: &AtomicUsize, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    let bytes: usize = jobs.iter().map(|j| j.bytes).sum();
+    queued.fetch_add(bytes, Ordering::Relaxed);
     let guard = tx.read().unwrap_or_else(|p| p.into_inner());
-    match guard.as_ref() {
+    let sent = match guard.as_ref() {
         Some(tx) => tx.send(jobs).map_err(|e| e.into_inner()),
         None => Err(jobs),
+    };
+    if sent.is_err() {
+        queued.fetch_sub(bytes, Ordering::Relaxed);
     }
+    sent
 }
 
 /// Name of the SQLite database file inside the data directory.
@@ -333,12 +337,7 @@ impl Store {
         let Some(job) = self.prepare(ticket, ops, done) else {
             return Ok(());
         };
-        let bytes = job.bytes;
-        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        send_jobs(&self.tx, vec![job]).map_err(|_| {
-            self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            StoreError::Closed
-        })
+        send_jobs(&self.tx, &self.shared.queued_bytes, vec![job]).map_err(|_| StoreError::Closed)
     }
 
     /// Validates a write job for a [`JobQueue`]. An invalid job (or one with no ops) is
@@ -350,7 +349,7 @@ impl Store {
                 self.shared
                     .stats
                     .rejected_jobs
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = done.send((ticket, Err(e)));
                 return None;
             }

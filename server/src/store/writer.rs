@@ -182,7 +182,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.apply_batch(batch);
+            self.apply_batch(batch, bytes);
             let _ = nudge.try_send(());
             commits += 1;
             if commits.is_multiple_of(256) && wal_len(&self.db_path) > WAL_HARD_LIMIT {
@@ -205,7 +205,9 @@ impl Writer {
         self.shared.hub.close_all();
     }
 
-    fn apply_batch(&mut self, batch: Vec<Job>) {
+    /// Applies `batch` (jobs carrying `bytes` key+value bytes in all) in one transaction
+    /// and sends the completions.
+    fn apply_batch(&mut self, batch: Vec<Job>, bytes: usize) {
         let shared = self.shared.clone();
         let stats = &shared.stats;
         stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -236,7 +238,6 @@ impl Writer {
                 .iter()
                 .flat_map(|job| job.ops.iter().map(|op| op.key())),
         );
-        let bytes: usize = batch.iter().map(|job| job.bytes).sum();
         shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let mut ops = 0u64;
         for (job, result) in batch.into_iter().zip(results) {
