@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// A unique directory under the system temp dir, removed on drop.
-struct TestDir(PathBuf);
+pub(super) struct TestDir(PathBuf);
 
 impl TestDir {
-    fn new(name: &str) -> TestDir {
+    pub(super) fn new(name: &str) -> TestDir {
         static N: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -25,7 +25,7 @@ impl TestDir {
         TestDir(p)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -607,26 +607,17 @@ unsafe extern "C" fn x_unfetch(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use rusqlite::{Connection, OpenFlags};
 
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "ringbase-walbuf-{tag}-{}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    use super::super::tests::TestDir;
+
+    /// A fresh, existing directory (removed on drop).
+    fn test_dir(tag: &str) -> TestDir {
+        let dir = TestDir::new(&format!("walbuf-{tag}"));
+        std::fs::create_dir_all(dir.path()).unwrap();
+        dir
     }
 
     fn open_shim(db: &Path, cache_pages: i64) -> Connection {
@@ -699,8 +690,8 @@ mod tests {
 
     #[test]
     fn every_commit_is_in_the_wal_file_when_it_returns() {
-        let dir = Dir::new("commits");
-        let db = dir.0.join("db");
+        let dir = test_dir("commits");
+        let db = dir.path().join("db");
         let c = open_shim(&db, 2000);
         for txn in 0..40i64 {
             c.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -717,7 +708,7 @@ mod tests {
                 let n: i64 = c
                     .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
                     .unwrap();
-                check(&crash_copy(&db, &dir.0.join("copy")), n, 1);
+                check(&crash_copy(&db, &dir.path().join("copy")), n, 1);
             }
         }
         // A restarted WAL (after a full checkpoint) keeps working.
@@ -731,7 +722,7 @@ mod tests {
         let n: i64 = c
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
-        check(&crash_copy(&db, &dir.0.join("copy")), n, 1);
+        check(&crash_copy(&db, &dir.path().join("copy")), n, 1);
         // Closing the connection closes the WAL and forgets its gather.
         let key = std::fs::canonicalize(&db).unwrap();
         assert!(super::registry()
@@ -747,13 +738,13 @@ mod tests {
 
     #[test]
     fn a_transaction_larger_than_the_cache_spills_rewrites_and_commits_whole() {
-        let dir = Dir::new("spill");
-        let db = dir.0.join("db");
+        let dir = test_dir("spill");
+        let db = dir.path().join("db");
         // 20 pages of cache: the transaction below spills frames before its commit and
         // then changes those pages again, so SQLite rewrites frames and checksums.
         let c = open_shim(&db, 20);
         insert_txn(&c, 0..3000, 1, 300);
-        check(&crash_copy(&db, &dir.0.join("copy")), 3000, 1);
+        check(&crash_copy(&db, &dir.path().join("copy")), 3000, 1);
         c.execute_batch("BEGIN IMMEDIATE").unwrap();
         for round in 0..3 {
             for k in (0..3000i64).step_by(3) {
@@ -766,10 +757,10 @@ mod tests {
         }
         c.execute("UPDATE t SET v = ?1", [vec![2u8; 310]]).unwrap();
         c.execute_batch("COMMIT").unwrap();
-        check(&crash_copy(&db, &dir.0.join("copy")), 3000, 2);
+        check(&crash_copy(&db, &dir.path().join("copy")), 3000, 2);
         // More than MAX_GATHER in one commit.
         insert_txn(&c, 3000..12_000, 2, 700);
-        check(&crash_copy(&db, &dir.0.join("copy")), 12_000, 2);
+        check(&crash_copy(&db, &dir.path().join("copy")), 12_000, 2);
         drop(c);
         // And the file itself, reopened after a clean close.
         check(&Connection::open(&db).unwrap(), 12_000, 2);
