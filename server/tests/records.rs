@@ -604,33 +604,10 @@ fn connect_or_spawn_from_four_processes_starts_exactly_one_server() {
     let rt = TempDir::new("spawn");
     let run = rt.path().join("run");
     let data = rt.path().join("data");
-    // A ServerProc only to carry the name and runtime dir to the children; no server
-    // is started by the test itself.
-    let fake = ServerLess {
-        name: "sidecar".into(),
-        runtime: run.clone(),
-    };
+    // No server is started by the test itself: the children race to start it.
+    let args = [ringbase_bin().to_string(), data.display().to_string()];
     let mut kids: Vec<Child> = (0..4)
-        .map(|_| {
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_entry",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(CHILD_ROLE, "spawner")
-                .env("RINGBASE_TEST_NAME", &fake.name)
-                .env("RINGBASE_RUNTIME_DIR", &fake.runtime)
-                .env(
-                    "RINGBASE_TEST_ARGS",
-                    [ringbase_bin().to_string(), data.display().to_string()].join("\u{1f}"),
-                )
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| spawn_child_at("spawner", "sidecar", &run, &args))
         .collect();
     let mut pids = Vec::new();
     for k in &mut kids {
@@ -677,11 +654,6 @@ fn connect_or_spawn_from_four_processes_starts_exactly_one_server() {
                 .map(|s| s.contains(") Z"))
                 .unwrap_or(true)
     ));
-}
-
-struct ServerLess {
-    name: String,
-    runtime: std::path::PathBuf,
 }
 
 #[test]

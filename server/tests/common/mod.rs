@@ -141,6 +141,11 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitSta
 /// Re-executes this test binary as a child client running `role` (dispatched by the
 /// test named `child_entry` in the same file).
 pub fn spawn_child(role: &str, server: &ServerProc, args: &[String]) -> Child {
+    spawn_child_at(role, &server.name, &server.runtime, args)
+}
+
+/// As [`spawn_child`], for a server named `name` under `runtime` that may not run yet.
+pub fn spawn_child_at(role: &str, name: &str, runtime: &Path, args: &[String]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -150,8 +155,8 @@ pub fn spawn_child(role: &str, server: &ServerProc, args: &[String]) -> Child {
             "1",
         ])
         .env(CHILD_ROLE, role)
-        .env("RINGBASE_TEST_NAME", &server.name)
-        .env("RINGBASE_RUNTIME_DIR", &server.runtime)
+        .env("RINGBASE_TEST_NAME", name)
+        .env("RINGBASE_RUNTIME_DIR", runtime)
         .env("RINGBASE_TEST_ARGS", args.join("\u{1f}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
