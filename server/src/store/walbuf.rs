@@ -77,19 +77,16 @@ impl Gather {
             self.data.clear();
             return ffi::SQLITE_OK;
         }
-        // SAFETY: the caller guarantees `file` is open; its methods table is the inner
-        // VFS's.
-        let Some(write) = (unsafe { (*(*self.file).pMethods).xWrite }) else {
-            self.data.clear();
-            return ffi::SQLITE_IOERR_WRITE;
-        };
         let mut rc = ffi::SQLITE_OK;
         let mut off = self.start;
         // The unix VFS writes at most 128 KiB per call (SQLite's own writes are at most
         // a 64 KiB page), so larger gathers go in 64 KiB pieces.
         for chunk in self.data.chunks(WRITE_CHUNK) {
-            // SAFETY: `chunk` is readable for its length (≤ 64 KiB, fits a c_int).
-            rc = unsafe { write(self.file, chunk.as_ptr().cast(), chunk.len() as c_int, off) };
+            // SAFETY: the caller guarantees `file` is open; `chunk` is readable for its
+            // length (≤ 64 KiB, fits a c_int).
+            rc = unsafe {
+                write_through(self.file, chunk.as_ptr().cast(), chunk.len() as c_int, off)
+            };
             if rc != ffi::SQLITE_OK {
                 break;
             }
@@ -299,6 +296,25 @@ unsafe fn m<'a>(inner: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_methods {
     unsafe { &*(*inner).pMethods }
 }
 
+/// Writes `amt` bytes at `buf` to the inner file at `off`, ungathered.
+///
+/// # Safety
+/// `inner` is an open inner file; `buf` holds `amt` readable bytes.
+unsafe fn write_through(
+    inner: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amt: c_int,
+    off: ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: the function's contract; an open file's methods table is valid.
+    unsafe {
+        match m(inner).xWrite {
+            Some(w) => w(inner, buf, amt, off),
+            None => ffi::SQLITE_IOERR_WRITE,
+        }
+    }
+}
+
 /// Flushes (WAL files), then calls the inner method `$name` with `$args`; a missing
 /// inner method gives `$missing`.
 macro_rules! pass {
@@ -378,14 +394,9 @@ unsafe extern "C" fn x_write(
     // SAFETY: SQLite calls io methods only on files our xOpen opened.
     let (shim, inner) = unsafe { parts(f) };
     let Some(g) = &shim.wal else {
-        // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
-        // its methods table is valid; `buf` holds `amt` bytes.
-        return unsafe {
-            match m(inner).xWrite {
-                Some(w) => w(inner, buf, amt, off),
-                None => ffi::SQLITE_IOERR_WRITE,
-            }
-        };
+        // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose);
+        // `buf` holds `amt` bytes.
+        return unsafe { write_through(inner, buf, amt, off) };
     };
     let Ok(len) = usize::try_from(amt) else {
         return ffi::SQLITE_IOERR_WRITE;
@@ -410,14 +421,8 @@ unsafe extern "C" fn x_write(
         // rewrote a frame of the transaction): written through, in order, with its
         // own result.
         g.commit_page_next = false;
-        // SAFETY: `inner` is open (SQLite uses our files only between xOpen and xClose):
-        // its methods table is valid; `buf` holds `amt` bytes.
-        return unsafe {
-            match m(inner).xWrite {
-                Some(w) => w(inner, buf, amt, off),
-                None => ffi::SQLITE_IOERR_WRITE,
-            }
-        };
+        // SAFETY: as above.
+        return unsafe { write_through(inner, buf, amt, off) };
     }
     if g.data.is_empty() {
         g.start = off;
