@@ -21,8 +21,8 @@ pub fn now_ms() -> u64 {
 /// A hybrid logical clock shared between the writer (which ticks it) and replication
 /// (which observes remote timestamps).
 ///
-/// Every value returned by [`Hlc::tick`] is strictly greater than every value previously
-/// returned by `tick` and every value passed to [`Hlc::observe`] (up to [`MAX_HLC`]).
+/// Every value returned by [`Hlc::tick_at`] is strictly greater than every value previously
+/// returned by `tick_at` and every value passed to [`Hlc::observe`] (up to [`MAX_HLC`]).
 #[derive(Debug)]
 pub struct Hlc {
     last: AtomicU64,
@@ -36,9 +36,11 @@ impl Hlc {
         }
     }
 
-    /// The next timestamp: `max(now_ms << 16, last + 1)`.
-    pub fn tick(&self) -> u64 {
-        let phys = now_ms() << 16;
+    /// The next timestamp for wall clock `now_ms` (unix millis, read by the caller):
+    /// `max(now_ms << 16, last + 1)`. A stale `now_ms` only makes the logical part count
+    /// up; the result is still greater than every earlier one.
+    pub fn tick_at(&self, now_ms: u64) -> u64 {
+        let phys = now_ms << 16;
         let mut last = self.last.load(Ordering::Acquire);
         loop {
             let next = phys.max(last + 1);
@@ -57,5 +59,31 @@ impl Hlc {
         if remote <= MAX_HLC {
             self.last.fetch_max(remote, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_strictly_increase_whatever_the_wall_clock_says() {
+        let clock = Hlc::new(0);
+        let a = clock.tick_at(1_000);
+        assert_eq!(a, 1_000 << 16);
+        // The same millisecond (a transaction reads the clock once): the logical part counts.
+        let b = clock.tick_at(1_000);
+        assert_eq!(b, a + 1);
+        // A wall clock that went back changes nothing but the count.
+        let c = clock.tick_at(999);
+        assert_eq!(c, b + 1);
+        // A later millisecond takes over.
+        assert_eq!(clock.tick_at(1_001), 1_001 << 16);
+        // An observed remote timestamp is passed.
+        clock.observe(5_000 << 16);
+        assert_eq!(clock.tick_at(1_002), (5_000 << 16) + 1);
+        // A timestamp past MAX_HLC is ignored.
+        clock.observe(u64::MAX);
+        assert_eq!(clock.tick_at(1_003), (5_000 << 16) + 2);
     }
 }

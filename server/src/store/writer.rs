@@ -276,6 +276,8 @@ impl Writer {
         // the whole SQL text on every lookup.
         let mut st = Statements::prepare(&self.conn).map_err(sql)?;
         let mut clock = VersionClock {
+            // One clock read per transaction: its writes commit together.
+            now_ms: now_ms(),
             shared: &self.shared,
             seq: &mut self.seq,
             hlc_high: &mut self.hlc_high,
@@ -371,6 +373,9 @@ impl<'c> Statements<'c> {
 
 /// Hands out the versions of local writes: the next sequence number and an HLC tick.
 struct VersionClock<'a> {
+    /// Wall clock of the transaction (unix millis): the writes' `updated_at` and the
+    /// physical part of their HLC.
+    now_ms: u64,
     shared: &'a Shared,
     /// Last local sequence number used.
     seq: &'a mut u64,
@@ -381,7 +386,7 @@ struct VersionClock<'a> {
 impl VersionClock<'_> {
     fn next(&mut self) -> Version {
         *self.seq += 1;
-        let hlc = self.shared.clock.tick();
+        let hlc = self.shared.clock.tick_at(self.now_ms);
         *self.hlc_high = (*self.hlc_high).max(hlc);
         Version {
             hlc,
@@ -403,8 +408,8 @@ fn apply_ops(
     events: &mut Option<Vec<Record>>,
 ) -> Result<Vec<WriteOutcome>, rusqlite::Error> {
     let mut outs = Vec::with_capacity(ops.len());
+    let updated_at_ms = clock.now_ms;
     for op in ops {
-        let updated_at_ms = now_ms();
         match op {
             WriteOp::Put { key, value, kind } => {
                 let version = clock.next();
