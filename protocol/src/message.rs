@@ -265,6 +265,16 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The error response with `code` and a human-readable `message`.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code: code as u32,
+            message: message.into(),
+        }
+    }
+}
+
 /// Serializes a request into `buf` (cleared first).
 pub fn encode_request(req: &Request, buf: &mut AlignedVec<16>) -> Result<(), rancor::Error> {
     buf.clear();

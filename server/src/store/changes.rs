@@ -1,6 +1,6 @@
-//! The one place where committed changes are published.
+//! Subscriptions to committed changes, fed by the commit hook.
 //!
-//! The writer calls [`ChangeHub::publish`] after each successful `COMMIT` with the
+//! The hub is the first [`CommitHook`]: after each successful `COMMIT` it publishes the
 //! records that transaction wrote. Every subscriber has its own queue, bounded both in
 //! batches and in bytes; the writer only ever `try_send`s, so a subscriber that falls
 //! behind never blocks it. Instead the subscriber's stream gets a
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::hook::{Commit, CommitHook};
 use super::Record;
 
 /// Default queue bound in committed batches of [`super::Store::subscribe`].
@@ -181,6 +182,19 @@ impl ChangeHub {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.clear();
         self.count.store(0, Ordering::Release);
+    }
+}
+
+impl CommitHook for ChangeHub {
+    /// Publishes the transaction's records (built only when someone is subscribed).
+    fn committed(&self, commit: &Commit<'_>) {
+        if !self.has_subscribers() {
+            return;
+        }
+        let records: Arc<[Record]> = commit.changes().map(|c| c.to_record()).collect();
+        if !records.is_empty() {
+            self.publish(records);
+        }
     }
 }
 

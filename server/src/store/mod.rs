@@ -27,11 +27,14 @@
 //! [`Store::reader`] opens a separate read-only connection; in WAL mode readers never
 //! wait for the writer.
 //!
-//! # Change publication
+//! # The commit hook
 //!
-//! After each `COMMIT` the writer publishes the written records to every
-//! [`ChangeSubscription`] ([`Store::subscribe`]); see [`ChangeEvent`] for how a slow
-//! subscriber is handled without ever blocking the writer.
+//! After each `COMMIT`, and before any of the transaction's writers is acknowledged, the
+//! writer hands the transaction to the store's change hub (every
+//! [`ChangeSubscription`], [`Store::subscribe`]) and then to each [`CommitHook`] given to
+//! [`Store::open_with_hooks`], in commit order: the one place where the rest of the
+//! server (indexes, change feeds, replication) learns of committed writes. See
+//! [`ChangeEvent`] for how a slow subscriber is handled without ever blocking the writer.
 
 #![warn(missing_docs)]
 
@@ -39,6 +42,7 @@ mod cache;
 mod changes;
 mod clock;
 mod error;
+mod hook;
 mod reader;
 mod schema;
 mod walbuf;
@@ -60,12 +64,13 @@ pub use changes::{
 };
 pub use clock::MAX_HLC;
 pub use error::StoreError;
+pub use hook::{Change, Commit, CommitHook};
 pub use reader::{prefix_successor, Reader};
 pub use schema::SCHEMA_VERSION;
 pub use writer::{MAX_BYTES_PER_TXN, MAX_JOBS_PER_TXN};
 
 pub use writer::Job;
-use writer::{Shared, StatCounters, Writer};
+use writer::{Hooks, Shared, StatCounters, Writer};
 
 /// The writer's queue: bursts of jobs. `None` once shut down. Senders hold the read lock
 /// while sending, so after `shutdown` takes the write lock no job can slip in behind
@@ -274,6 +279,16 @@ impl Store {
     /// 0700 on Unix), the database file [`DB_FILE`], the replica id, runs migrations and
     /// starts the writer thread.
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_with_hooks(data_dir, opts, Vec::new())
+    }
+
+    /// [`Store::open`], with `hooks` called after each committed transaction, in this
+    /// order, before its writers are acknowledged (see [`CommitHook`]).
+    pub fn open_with_hooks(
+        data_dir: &Path,
+        opts: StoreOptions,
+        hooks: Vec<Arc<dyn CommitHook>>,
+    ) -> Result<Store, StoreError> {
         create_dir_private(data_dir)?;
         let db_path = data_dir.join(DB_FILE);
         let conn = schema::open_writer(&db_path)?;
@@ -284,6 +299,7 @@ impl Store {
             replica,
             clock: clock::Hlc::new(hlc_high),
             hub: changes::ChangeHub::default(),
+            hooks: Hooks(hooks),
             stats: StatCounters::default(),
             cache: Arc::new(cache::ReadCache::new(opts.read_cache_bytes)),
             queued_bytes: Arc::new(AtomicUsize::new(0)),

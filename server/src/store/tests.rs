@@ -1267,3 +1267,87 @@ fn queued_bytes_count_jobs_from_send_until_applied_and_never_leak() {
     assert!(matches!(result, Err(StoreError::Closed)));
     assert_eq!(store.queued_bytes(), 0);
 }
+
+/// Records what a commit hook sees: one entry per call, the changes as records.
+#[derive(Default)]
+struct RecordingHook(std::sync::Mutex<Vec<Vec<Record>>>);
+
+impl CommitHook for RecordingHook {
+    fn committed(&self, commit: &Commit<'_>) {
+        let changes = commit.changes().map(|c| c.to_record()).collect();
+        self.0.lock().unwrap().push(changes);
+    }
+}
+
+/// Commit hooks see every committed transaction once, in commit order, before its
+/// writers are acknowledged; failed jobs and no-op deletes contribute nothing.
+#[test]
+fn commit_hooks_see_each_commit_before_its_acknowledgement() {
+    let dir = TestDir::new("hooks");
+    let first = Arc::new(RecordingHook::default());
+    let second = Arc::new(RecordingHook::default());
+    let store = Store::open_with_hooks(
+        dir.path(),
+        StoreOptions::default(),
+        vec![first.clone(), second.clone()],
+    )
+    .unwrap();
+
+    let out = store
+        .write(vec![put_json("a", "1"), del("a"), del("missing")])
+        .unwrap();
+    // Acknowledged, so both hooks have it already.
+    for hook in [&first, &second] {
+        let seen = hook.0.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].len(), 2, "the no-op delete is not a change");
+        assert_eq!(seen[0][0].key, "a");
+        assert_eq!(seen[0][0].value, b"1");
+        assert!(!seen[0][0].deleted);
+        assert_eq!(Some(seen[0][0].version), out[0].version);
+        assert!(seen[0][1].deleted && seen[0][1].value.is_empty());
+        assert_eq!(seen[0][1].kind, ValueKind::Json);
+        assert_eq!(Some(seen[0][1].version), out[1].version);
+    }
+
+    // A rejected job never reaches the writer; a job failing inside SQLite leaves no
+    // change in an otherwise committed transaction.
+    assert!(store.write(vec![put_json("bad", "{")]).is_err());
+    exec_on_db(
+        &dir,
+        "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+    );
+    let got = run_grouped(
+        &dir,
+        &store,
+        vec![
+            vec![put_json("x0", "1")],
+            vec![put_json("y", "1"), put_json("poison", "2")],
+            vec![put_json("x1", "3")],
+        ],
+    );
+    assert!(got[0].is_ok() && got[1].is_err() && got[2].is_ok());
+    let all: Vec<Record> = first.0.lock().unwrap().concat();
+    let keys: Vec<&str> = all.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["a", "a", "x0", "x1"]);
+
+    // Concurrent writers: every change once, in commit order (sequence numbers rise).
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..200 {
+                    store
+                        .write(vec![put_json(&format!("t{t}-{i}"), "1")])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    for hook in [&first, &second] {
+        let all: Vec<Record> = hook.0.lock().unwrap().concat();
+        assert_eq!(all.iter().filter(|r| r.key.starts_with('t')).count(), 800);
+        assert!(all.windows(2).all(|w| w[0].version.seq < w[1].version.seq));
+    }
+}

@@ -9,8 +9,9 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use super::changes::ChangeHub;
 use super::clock::{now_ms, Hlc};
 use super::error::StoreError;
+use super::hook::{Commit, CommitHook};
 use super::schema::{META_HLC, META_SEQ};
-use super::{Completion, Record, ReplicaId, StoreStats, Version, WriteOp, WriteOutcome};
+use super::{Completion, ReplicaId, StoreStats, ValueKind, Version, WriteOp, WriteOutcome};
 
 /// At most this many jobs go into one transaction.
 pub const MAX_JOBS_PER_TXN: usize = 1024;
@@ -71,14 +72,25 @@ pub struct Shared {
     pub replica: ReplicaId,
     /// The hybrid logical clock (ticked by the writer, observed by replication).
     pub clock: Hlc,
-    /// Publication point of committed changes.
+    /// The store's own subscribers to committed changes (the first commit hook).
     pub hub: ChangeHub,
+    /// The other commit hooks, called in this order after the hub.
+    pub hooks: Hooks,
     /// Writer counters.
     pub stats: StatCounters,
     /// Read cache: invalidated after each commit, before completions are sent.
     pub cache: Arc<super::cache::ReadCache>,
     /// Key+value bytes of jobs sent to the writer and not yet applied.
     pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The commit hooks given at open.
+pub struct Hooks(pub Vec<Arc<dyn CommitHook>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hooks({})", self.0.len())
+    }
 }
 
 /// WAL size past which the writer checkpoints itself (see `Writer::run`).
@@ -215,11 +227,13 @@ impl Writer {
             .max_jobs_per_transaction
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let (seq0, hlc0) = (self.seq, self.hlc_high);
-        let mut events = self.shared.hub.has_subscribers().then(Vec::new);
-        let results = match self.transaction(&batch, &mut events) {
+        // One clock read per transaction: its writes commit together.
+        let now_ms = now_ms();
+        let mut tombstone_kinds = Vec::new();
+        let (results, committed) = match self.transaction(&batch, now_ms, &mut tombstone_kinds) {
             Ok(results) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                results
+                (results, true)
             }
             Err(Fatal(e)) => {
                 stats.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -227,17 +241,31 @@ impl Writer {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 (self.seq, self.hlc_high) = (seq0, hlc0);
-                events = None;
-                batch.iter().map(|_| Err(e.clone())).collect()
+                (batch.iter().map(|_| Err(e.clone())).collect(), false)
             }
         };
-        // Before any completion goes out: no reader may find an older value of a
-        // written key in the cache once its writer has been told (see cache.rs).
+        // The commit hook, before any completion goes out. First the read cache: no
+        // reader may find an older value of a written key in the cache once its writer
+        // has been told (see cache.rs). Then, for a committed transaction, everything
+        // else that follows the store: the change hub and the hooks given at open, in
+        // commit order, so that an acknowledged write has reached all of them.
         self.shared.cache.invalidate(
             batch
                 .iter()
                 .flat_map(|job| job.ops.iter().map(|op| op.key())),
         );
+        if committed {
+            let commit = Commit {
+                jobs: &batch,
+                results: &results,
+                tombstone_kinds: &tombstone_kinds,
+                updated_at_ms: now_ms,
+            };
+            self.shared.hub.committed(&commit);
+            for hook in &self.shared.hooks.0 {
+                hook.committed(&commit);
+            }
+        }
         shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let mut ops = 0u64;
         for (job, result) in batch.into_iter().zip(results) {
@@ -251,12 +279,11 @@ impl Writer {
             let _ = job.done.send((job.ticket, result));
         }
         stats.ops.fetch_add(ops, Ordering::Relaxed);
-        if let Some(events) = events.filter(|e| !e.is_empty()) {
-            self.shared.hub.publish(events.into());
-        }
     }
 
-    /// Run all jobs in one transaction; `Ok` only once COMMIT has returned.
+    /// Run all jobs in one transaction, their writes stamped with the wall clock
+    /// `now_ms`; `Ok` only once COMMIT has returned. The kinds of the records removed
+    /// by deletes go to `tombstone_kinds`, in order (for [`Commit::changes`]).
     ///
     /// A job of several ops runs inside its own SAVEPOINT, so a failing op undoes the
     /// job's earlier ops and only that job fails. A job of one op needs none: SQLite
@@ -267,7 +294,8 @@ impl Writer {
     fn transaction(
         &mut self,
         batch: &[Job],
-        events: &mut Option<Vec<Record>>,
+        now_ms: u64,
+        tombstone_kinds: &mut Vec<ValueKind>,
     ) -> Result<Vec<Result<Vec<WriteOutcome>, StoreError>>, Fatal> {
         let sql = |e: rusqlite::Error| Fatal(e.into());
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
@@ -276,8 +304,7 @@ impl Writer {
         // the whole SQL text on every lookup.
         let mut st = Statements::prepare(&self.conn).map_err(sql)?;
         let mut clock = VersionClock {
-            // One clock read per transaction: its writes commit together.
-            now_ms: now_ms(),
+            now_ms,
             shared: &self.shared,
             seq: &mut self.seq,
             hlc_high: &mut self.hlc_high,
@@ -285,12 +312,12 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
             let (seq, hlc) = (*clock.seq, *clock.hlc_high);
-            let n_events = events.as_ref().map_or(0, Vec::len);
+            let n_tombstones = tombstone_kinds.len();
             let savepoint = job.ops.len() > 1;
             if savepoint {
                 st.savepoint.execute([]).map_err(sql)?;
             }
-            match apply_ops(&mut st, &mut clock, &job.ops, events) {
+            match apply_ops(&mut st, &mut clock, &job.ops, tombstone_kinds) {
                 Ok(outs) => {
                     if savepoint {
                         st.release.execute([]).map_err(sql)?;
@@ -307,9 +334,7 @@ impl Writer {
                         st.release.execute([]).map_err(sql)?;
                     }
                     (*clock.seq, *clock.hlc_high) = (seq, hlc);
-                    if let Some(ev) = events.as_mut() {
-                        ev.truncate(n_events);
-                    }
+                    tombstone_kinds.truncate(n_tombstones);
                     results.push(Err(e.into()));
                 }
             }
@@ -396,7 +421,8 @@ impl VersionClock<'_> {
     }
 }
 
-/// Apply one job's ops (inside the job's savepoint, if it has one).
+/// Apply one job's ops (inside the job's savepoint, if it has one). The kind of each
+/// record a delete removes goes to `tombstone_kinds`.
 ///
 /// Each op seeks its key once when the key holds a live record (an UPDATE that also
 /// tells whether the record existed); a put of a new key, or over a tombstone, then
@@ -405,7 +431,7 @@ fn apply_ops(
     st: &mut Statements<'_>,
     clock: &mut VersionClock<'_>,
     ops: &[WriteOp],
-    events: &mut Option<Vec<Record>>,
+    tombstone_kinds: &mut Vec<ValueKind>,
 ) -> Result<Vec<WriteOutcome>, rusqlite::Error> {
     let mut outs = Vec::with_capacity(ops.len());
     let updated_at_ms = clock.now_ms;
@@ -425,16 +451,6 @@ fn apply_ops(
                 let existed = st.update_live.execute(row)? == 1;
                 if !existed {
                     st.upsert.execute(row)?;
-                }
-                if let Some(ev) = events.as_mut() {
-                    ev.push(Record {
-                        key: key.clone(),
-                        value: value.clone(),
-                        kind: *kind,
-                        version,
-                        updated_at_ms,
-                        deleted: false,
-                    });
                 }
                 outs.push(WriteOutcome {
                     version: Some(version),
@@ -467,20 +483,12 @@ fn apply_ops(
                     });
                     continue;
                 };
-                if let Some(ev) = events.as_mut() {
-                    let kind = u8::try_from(kind_tag)
+                tombstone_kinds.push(
+                    u8::try_from(kind_tag)
                         .ok()
-                        .and_then(|k| super::ValueKind::try_from(k).ok())
-                        .unwrap_or(super::ValueKind::Bytes);
-                    ev.push(Record {
-                        key: key.clone(),
-                        value: Vec::new(),
-                        kind,
-                        version,
-                        updated_at_ms,
-                        deleted: true,
-                    });
-                }
+                        .and_then(|k| ValueKind::try_from(k).ok())
+                        .unwrap_or(ValueKind::Bytes),
+                );
                 outs.push(WriteOutcome {
                     version: Some(version),
                     existed: true,
