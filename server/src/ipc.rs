@@ -23,7 +23,7 @@ use ringbase_protocol::ring::RingPtr;
 use ringbase_protocol::segment::Segment;
 use ringbase_protocol::PROTOCOL_VERSION;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, TransportInfo};
 use crate::lock::{LockError, LockFile};
 use crate::session;
 
@@ -89,26 +89,31 @@ struct SessionEntry {
 // owns the Segment) has exited, after which the entry is removed.
 unsafe impl Send for SessionEntry {}
 
-/// State shared by the accept loop and the sessions.
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    pub(crate) engine: Arc<Engine>,
-    pub(crate) shutdown: AtomicBool,
-    pub(crate) started: Instant,
+/// State shared by the accept loop and the session threads.
+struct Shared {
+    config: ServerConfig,
+    engine: Arc<Engine>,
+    shutdown: AtomicBool,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     next_id: AtomicU64,
 }
 
 impl Shared {
     /// Live session count.
-    pub(crate) fn session_count(&self) -> usize {
+    fn session_count(&self) -> usize {
         self.sessions.lock().expect("registry").len()
     }
 
-    /// Called by a session thread on exit, before it unmaps the segment: an entry in
-    /// the registry guarantees that its rings are mapped.
-    pub(crate) fn remove_session(&self, id: u64) {
+    /// Called on a session thread once the session has ended, before its segment is
+    /// unmapped: an entry in the registry guarantees that its rings are mapped.
+    fn remove_session(&self, id: u64) {
         self.sessions.lock().expect("registry").remove(&id);
+    }
+}
+
+impl TransportInfo for Shared {
+    fn session_count(&self) -> usize {
+        Shared::session_count(self)
     }
 }
 
@@ -163,7 +168,6 @@ impl Server {
             config,
             engine,
             shutdown: AtomicBool::new(false),
-            started: Instant::now(),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
@@ -412,12 +416,19 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
     let _ = stream.inner().set_read_timeout(None);
     session::run(session::SessionArgs {
         id,
-        segment,
+        segment: &segment,
         req,
         resp,
-        stream,
+        stream: &stream,
         wait: hello.wait,
-        shared: Arc::clone(&shared),
-        stop,
+        engine: &shared.engine,
+        transport: Arc::clone(&shared) as Arc<dyn TransportInfo>,
+        stop: &stop,
+        shutdown: &shared.shutdown,
     });
+    // The registry entry holds copies of the ring pointers (shutdown wakes sessions
+    // through them, under the registry lock): remove it before unmapping. The session's
+    // threads have exited, so nothing can touch the segment after this drop.
+    shared.remove_session(id);
+    drop(segment);
 }

@@ -1,5 +1,29 @@
-//! The Ringbase server: control socket and sessions ([`ipc`]), the engine, the storage
-//! engine ([`store`]), and the lock that keeps one server per name.
+//! The Ringbase server library: the control socket and sessions, the engine, and the
+//! storage engine. The `ringbase` binary (`main.rs`, with its client subcommands in
+//! `cli.rs`) is built on it; the library itself never uses the client crate.
+//!
+//! # Layers
+//!
+//! Arrows point one way: each layer uses only the ones below it.
+//!
+//! ```text
+//!  ipc       control socket: peer check, hello/welcome, segment, session registry
+//!   │          (implements engine::TransportInfo for Status)
+//!   ▼
+//!  session   one client's rings: copy + validate each frame, order the responses,
+//!   │          wait/wake; hands validated requests to the engine
+//!   ▼
+//!  engine    requests -> responses, no transport: dispatches each request kind to
+//!   │          the module that owns it (records, writes, status, ...)
+//!   ▼
+//!  store     records in SQLite, the group-commit writer, read connections, and the
+//!              commit hook: after each COMMIT, before any writer is acknowledged,
+//!              every CommitHook sees the transaction, in commit order
+//! ```
+//!
+//! Indexes, the change log and replication are subsystems beside the store, used by
+//! the engine: each learns of committed writes through one [`store::CommitHook`],
+//! registered in [`Engine::open`], and answers the requests the engine dispatches to it.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

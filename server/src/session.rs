@@ -29,8 +29,7 @@ use ringbase_protocol::ring::{
 use ringbase_protocol::segment::Segment;
 use rkyv::util::AlignedVec;
 
-use crate::engine::{EngineSession, Reply};
-use crate::ipc::Shared;
+use crate::engine::{ClientState, Engine, Reply, TransportInfo};
 
 /// Longest a session thread sleeps before re-checking its stop flags (a backstop: the
 /// watcher and shutdown wake it at once).
@@ -49,16 +48,24 @@ const WRITE_WAIT_SLICE_MAX: Duration = Duration::from_millis(1);
 /// Most responses a session may have waiting behind an unfinished write.
 const MAX_QUEUED: usize = 4096;
 
-pub(crate) struct SessionArgs {
+/// What a session is given by the handshake that created it.
+pub(crate) struct SessionArgs<'a> {
     pub(crate) id: u64,
-    pub(crate) segment: Segment,
+    /// The session's segment; it stays mapped until [`run`] has returned.
+    pub(crate) segment: &'a Segment,
     /// The server's ends of the rings, made before the client could touch the segment.
     pub(crate) req: Consumer,
     pub(crate) resp: Producer,
-    pub(crate) stream: Stream,
+    /// The control socket, open for the session's life.
+    pub(crate) stream: &'a Stream,
     pub(crate) wait: WaitMode,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) engine: &'a Engine,
+    /// What Status reports of the transport.
+    pub(crate) transport: Arc<dyn TransportInfo>,
+    /// Set (with a wake of both rings) to end this session.
+    pub(crate) stop: &'a AtomicBool,
+    /// Set when the whole server shuts down.
+    pub(crate) shutdown: &'a AtomicBool,
 }
 
 /// Why a session ended.
@@ -75,8 +82,9 @@ impl From<RingError> for End {
     }
 }
 
-/// Runs a session to its end and tears it down: socket closed, segment unmapped.
-pub(crate) fn run(args: SessionArgs) {
+/// Runs a session to its end: closes the control socket and returns once no thread of
+/// the session touches the segment any more (the caller unmaps it).
+pub(crate) fn run(args: SessionArgs<'_>) {
     let SessionArgs {
         id,
         segment,
@@ -84,15 +92,16 @@ pub(crate) fn run(args: SessionArgs) {
         resp,
         stream,
         wait,
-        shared,
+        engine,
+        transport,
         stop,
+        shutdown,
     } = args;
     let peer_gone = Arc::new(AtomicBool::new(false));
     let sock: UnixStream = match stream.inner().try_clone() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringbase: session {id}: cannot clone socket: {e}");
-            shared.remove_session(id);
             return;
         }
     };
@@ -121,14 +130,13 @@ pub(crate) fn run(args: SessionArgs) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("ringbase: session {id}: cannot spawn watcher: {e}");
-            shared.remove_session(id);
             return;
         }
     };
 
-    let engine_session = shared.engine.open_session(segment.geometry().max_payload);
-    let result = match engine_session {
-        Ok(es) => {
+    let client = engine.open_client(segment.geometry().max_payload, transport);
+    let result = match client {
+        Ok(client) => {
             let backoff = match wait {
                 WaitMode::Adaptive => {
                     Backoff::new(Duration::from_micros(20), Duration::from_micros(200))
@@ -147,15 +155,16 @@ pub(crate) fn run(args: SessionArgs) {
                 outbuf: AlignedVec::new(),
                 backoff,
                 queue: VecDeque::new(),
-                engine: es,
-                shared: &shared,
+                engine,
+                client,
                 peer_gone: &peer_gone,
-                stop: &stop,
+                stop,
+                shutdown,
             };
             s.serve()
         }
         Err(msg) => {
-            eprintln!("ringbase: session {id}: cannot open engine session: {msg}");
+            eprintln!("ringbase: session {id}: cannot open engine state: {msg}");
             Err(End::Shutdown)
         }
     };
@@ -167,12 +176,9 @@ pub(crate) fn run(args: SessionArgs) {
     }
     // Closing our end makes the watcher's read return, and tells the client.
     let _ = stream.inner().shutdown(std::net::Shutdown::Both);
+    // The watcher held copies of the ring pointers; once it has exited, only the
+    // caller's registry entry does.
     let _ = watcher.join();
-    // The registry entry holds copies of the ring pointers (shutdown wakes sessions
-    // through them, under the registry lock): remove it before unmapping. The watcher
-    // held copies too; it has exited. So nothing can touch the segment after this drop.
-    shared.remove_session(id);
-    drop(segment);
 }
 
 /// A response slot in request order.
@@ -191,10 +197,12 @@ struct SessionLoop<'a> {
     /// Responses not yet written, in request order; non-empty only while a write is
     /// outstanding (or the response ring was full).
     queue: VecDeque<Slot>,
-    engine: EngineSession,
-    shared: &'a Shared,
+    engine: &'a Engine,
+    /// This client's state in the engine.
+    client: ClientState,
     peer_gone: &'a AtomicBool,
     stop: &'a AtomicBool,
+    shutdown: &'a AtomicBool,
 }
 
 impl SessionLoop<'_> {
@@ -202,7 +210,7 @@ impl SessionLoop<'_> {
         if self.peer_gone.load(Ordering::Relaxed) {
             return Err(End::PeerGone);
         }
-        if self.stop.load(Ordering::Relaxed) || self.shared.shutdown.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) || self.shutdown.load(Ordering::Relaxed) {
             return Err(End::Shutdown);
         }
         Ok(())
@@ -220,7 +228,7 @@ impl SessionLoop<'_> {
                 if f.kind != FRAME_REQUEST {
                     self.reply(
                         f.corr,
-                        Reply::Now(error(
+                        Reply::Now(Response::error(
                             ErrorCode::BadRequest,
                             format!("unexpected frame kind {}", f.kind),
                         )),
@@ -231,28 +239,23 @@ impl SessionLoop<'_> {
                 let inbuf = std::mem::take(&mut self.inbuf);
                 let reply = match access_request(&inbuf) {
                     Ok(req) => {
-                        if self.engine.needs_barrier(req) {
+                        if self.client.needs_barrier(req) {
                             self.drain_writes()?;
                         }
-                        Ok(self
-                            .shared
-                            .engine
-                            .handle(&mut self.engine, req, self.shared))
+                        Ok(self.engine.handle(&mut self.client, req))
                     }
                     Err(e) => Err(format!("invalid request: {e}")),
                 };
                 self.inbuf = inbuf;
-                let reply =
-                    reply.unwrap_or_else(|msg| Reply::Now(error(ErrorCode::BadRequest, msg)));
+                let reply = reply
+                    .unwrap_or_else(|msg| Reply::Now(Response::error(ErrorCode::BadRequest, msg)));
                 self.reply(f.corr, reply)?;
-                if self.queue.len() >= MAX_QUEUED
-                    || self.engine.over_write_budget(self.shared.engine.store())
-                {
+                if self.queue.len() >= MAX_QUEUED || self.client.over_write_budget(self.engine) {
                     self.drain_writes()?;
                 }
             }
             // The burst's writes go to the writer together.
-            self.engine.flush();
+            self.client.flush();
             // Hand the request space back and publish what we wrote.
             self.req.flush();
             self.collect(false)?;
@@ -281,7 +284,7 @@ impl SessionLoop<'_> {
         let mut slice = WRITE_WAIT_SLICE_MIN;
         let mut spins = 0u32;
         loop {
-            if self.engine.completion_ready() || self.req.has_data()? {
+            if self.client.completion_ready() || self.req.has_data()? {
                 return Ok(());
             }
             self.check()?;
@@ -294,7 +297,7 @@ impl SessionLoop<'_> {
                 }
                 continue;
             }
-            if self.engine.wait_completion_ready(slice) {
+            if self.client.wait_completion_ready(slice) {
                 return Ok(());
             }
             slice = (slice * 2).min(WRITE_WAIT_SLICE_MAX);
@@ -339,9 +342,9 @@ impl SessionLoop<'_> {
             let mut block = block;
             loop {
                 let done = if block {
-                    self.engine.wait_completion(SLEEP_SLICE)
+                    self.client.wait_completion(SLEEP_SLICE)
                 } else {
-                    self.engine.try_completion()
+                    self.client.try_completion()
                 };
                 let Some((ticket, resp)) = done else {
                     if block {
@@ -383,7 +386,7 @@ impl SessionLoop<'_> {
     fn write(&mut self, corr: u64, resp: &Response) -> Result<(), End> {
         if let Err(e) = encode_response(resp, &mut self.outbuf) {
             encode_response(
-                &error(ErrorCode::Internal, format!("cannot encode response: {e}")),
+                &Response::error(ErrorCode::Internal, format!("cannot encode response: {e}")),
                 &mut self.outbuf,
             )
             .expect("encoding an error response");
@@ -394,7 +397,7 @@ impl SessionLoop<'_> {
                 self.outbuf.len(),
                 self.max_payload
             );
-            encode_response(&error(ErrorCode::TooLarge, msg), &mut self.outbuf)
+            encode_response(&Response::error(ErrorCode::TooLarge, msg), &mut self.outbuf)
                 .expect("encoding an error response");
         }
         loop {
@@ -416,13 +419,5 @@ impl SessionLoop<'_> {
                 }
             }
         }
-    }
-}
-
-/// An error response.
-pub(crate) fn error(code: ErrorCode, message: String) -> Response {
-    Response::Error {
-        code: code as u32,
-        message,
     }
 }

@@ -12,8 +12,7 @@
 //! owner's own thread, fed from the hook.
 
 use super::error::StoreError;
-use super::writer::Job;
-use super::{Record, ValueKind, Version, WriteOp, WriteOutcome};
+use super::{Job, Record, ValueKind, Version, WriteOp, WriteOutcome};
 
 /// Receives every committed transaction, in commit order, on the writer thread.
 pub trait CommitHook: Send + Sync {

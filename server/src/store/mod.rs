@@ -69,7 +69,6 @@ pub use reader::{prefix_successor, Reader};
 pub use schema::SCHEMA_VERSION;
 pub use writer::{MAX_BYTES_PER_TXN, MAX_JOBS_PER_TXN};
 
-pub use writer::Job;
 use writer::{Hooks, Shared, StatCounters, Writer};
 
 /// The writer's queue: bursts of jobs. `None` once shut down. Senders hold the read lock
@@ -247,6 +246,18 @@ pub struct StoreStats {
     pub commit_failures: u64,
     /// The most jobs ever grouped into one transaction.
     pub max_jobs_per_transaction: u64,
+}
+
+/// One queued write job (already validated).
+pub struct Job {
+    /// Caller's ticket, echoed in the completion.
+    pub ticket: u64,
+    /// The ops, applied in order, all or none.
+    pub ops: Vec<WriteOp>,
+    /// Where the completion goes.
+    pub done: Completion,
+    /// Sum of key and value lengths, for batch sizing.
+    pub bytes: usize,
 }
 
 /// Where a job's completion `(ticket, result)` is sent. The writer calls `send`, so use

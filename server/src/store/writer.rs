@@ -11,24 +11,12 @@ use super::clock::{now_ms, Hlc};
 use super::error::StoreError;
 use super::hook::{Commit, CommitHook};
 use super::schema::{META_HLC, META_SEQ};
-use super::{Completion, ReplicaId, StoreStats, ValueKind, Version, WriteOp, WriteOutcome};
+use super::{Job, ReplicaId, StoreStats, ValueKind, Version, WriteOp, WriteOutcome};
 
 /// At most this many jobs go into one transaction.
 pub const MAX_JOBS_PER_TXN: usize = 1024;
 /// Stop draining more jobs into a transaction once it carries this many key+value bytes.
 pub const MAX_BYTES_PER_TXN: usize = 8 * 1024 * 1024;
-
-/// One queued write job (already validated).
-pub struct Job {
-    /// Caller's ticket, echoed in the completion.
-    pub ticket: u64,
-    /// The ops, applied in order, all or none.
-    pub ops: Vec<WriteOp>,
-    /// Where the completion goes.
-    pub done: Completion,
-    /// Sum of key and value lengths, for batch sizing.
-    pub bytes: usize,
-}
 
 /// Counters behind [`StoreStats`].
 #[derive(Debug, Default)]

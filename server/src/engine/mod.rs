@@ -1,0 +1,224 @@
+//! The engine: turns validated requests into responses. It knows no transport: it is
+//! handed each request already validated, answers with a `Reply`, and learns what it
+//! needs of the transport through [`TransportInfo`] and plain values.
+//!
+//! `Engine::handle` dispatches each request kind to the module that owns it:
+//!
+//! | requests | module |
+//! |---|---|
+//! | Ping, Echo | answered in `Engine::handle` |
+//! | Status | `status` |
+//! | Get, Count, List | `records`: the client's own SQLite read connection, so reads never queue behind the writer |
+//! | Put, Delete, Batch | `writes`: queued for the store's group-commit writer, answered when their transaction has committed |
+//!
+//! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
+//! line; what must follow every committed write (an index, a change log, replication)
+//! registers a [`crate::store::CommitHook`] in [`Engine::open`].
+
+mod records;
+mod status;
+mod writes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringbase_protocol::message::{ArchivedRequest, ErrorCode, Response};
+
+use std::os::unix::fs::DirBuilderExt;
+
+use crate::lock::{LockError, LockFile};
+use crate::store::{Reader, Store, StoreError, StoreOptions};
+
+pub use writes::{MAX_QUEUED_WRITE_BYTES, MAX_SESSION_INFLIGHT_BYTES};
+
+/// Most records one List returns, whatever limit the client asks for.
+pub const MAX_LIST: u32 = 10_000;
+
+/// Largest value the store accepts from any client (a client's own limit is lower:
+/// what fits in its response frame).
+pub const MAX_VALUE_LEN: usize = (ringbase_protocol::layout::MAX_RING / 2) as usize;
+
+/// What the engine needs to know of the transport that carries its requests (for
+/// Status). The transport implements it; the engine never sees sockets or rings.
+pub trait TransportInfo: Send + Sync {
+    /// Clients connected right now.
+    fn session_count(&self) -> usize;
+}
+
+/// What the engine answers to one request.
+pub(crate) enum Reply {
+    /// The response, ready now.
+    Now(Response),
+    /// A write was queued under this ticket; its response comes through
+    /// [`ClientState::try_completion`] and the other completion calls.
+    Pending(u64),
+}
+
+/// The engine shared by all clients.
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    data_dir: PathBuf,
+    started: Instant,
+    /// Held for the engine's life: one server per data dir (two writers would reuse
+    /// the replica's sequence numbers).
+    _lock: LockFile,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: PathBuf) -> Result<Engine, String> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+        let lock = LockFile::acquire(&data_dir.join("ringbase.lock")).map_err(|e| match e {
+            LockError::Held { pid, .. } => {
+                format!("the data dir is in use by another ringbase server (pid {pid})")
+            }
+            other => other.to_string(),
+        })?;
+        // Subsystems that follow committed writes register their commit hooks here.
+        let hooks = Vec::new();
+        let store = Store::open_with_hooks(
+            &data_dir,
+            StoreOptions {
+                max_value_len: MAX_VALUE_LEN,
+                ..StoreOptions::default()
+            },
+            hooks,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Engine {
+            store,
+            data_dir,
+            started: Instant::now(),
+            _lock: lock,
+        })
+    }
+
+    /// The storage engine.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Drains queued writes, checkpoints and closes storage.
+    pub fn shutdown(&self) {
+        self.store.shutdown();
+    }
+
+    /// The engine state of a new client whose responses may carry at most
+    /// `max_payload` bytes.
+    pub(crate) fn open_client(
+        &self,
+        max_payload: u64,
+        transport: Arc<dyn TransportInfo>,
+    ) -> Result<ClientState, String> {
+        Ok(ClientState {
+            reader: self.store.reader().map_err(|e| e.to_string())?,
+            writes: writes::Writes::new(&self.store),
+            max_payload,
+            transport,
+        })
+    }
+
+    /// Answers one request of client `c`: the module that owns the request kind does.
+    pub(crate) fn handle(&self, c: &mut ClientState, req: &ArchivedRequest) -> Reply {
+        let reply = match req {
+            ArchivedRequest::Ping => Ok(Reply::Now(Response::Pong)),
+            ArchivedRequest::Echo(b) => Ok(Reply::Now(Response::Echo(b.as_slice().to_vec()))),
+            ArchivedRequest::Status => status::status(self, c).map(Reply::Now),
+            ArchivedRequest::Get { key } => records::get(c, key.as_str()).map(Reply::Now),
+            ArchivedRequest::Count { prefix } => {
+                records::count(c, prefix.as_ref().map(|p| p.as_str())).map(Reply::Now)
+            }
+            ArchivedRequest::List {
+                prefix,
+                start_after,
+                limit,
+            } => records::list(
+                c,
+                prefix.as_str(),
+                start_after.as_ref().map(|k| k.as_str()),
+                limit.to_native(),
+            )
+            .map(Reply::Now),
+            ArchivedRequest::Put { key, value, kind } => {
+                Ok(c.writes.put(&self.store, key, value, kind))
+            }
+            ArchivedRequest::Delete { key } => Ok(c.writes.delete(&self.store, key)),
+            ArchivedRequest::Batch { ops } => Ok(c.writes.batch(&self.store, ops)),
+        };
+        reply.unwrap_or_else(|e| Reply::Now(store_error(&e)))
+    }
+}
+
+/// One client's state in the engine: its read connection, its writes in flight, and
+/// the limits of its transport.
+pub(crate) struct ClientState {
+    reader: Reader,
+    writes: writes::Writes,
+    /// Largest response payload the client's transport carries.
+    max_payload: u64,
+    transport: Arc<dyn TransportInfo>,
+}
+
+impl ClientState {
+    /// Whether `req` must see this client's earlier writes (everything but writes).
+    pub(crate) fn needs_barrier(&self, req: &ArchivedRequest) -> bool {
+        !writes::is_write(req)
+    }
+
+    /// Sends the write jobs gathered since the last flush to the writer, together. The
+    /// session loop calls this after each burst of requests; waiting for a completion
+    /// flushes first, so a queued job is never waited for before it was sent.
+    pub(crate) fn flush(&mut self) {
+        self.writes.flush();
+    }
+
+    /// Whether this client should wait for its writes in flight before more of its
+    /// requests are read (see [`MAX_SESSION_INFLIGHT_BYTES`]).
+    pub(crate) fn over_write_budget(&self, engine: &Engine) -> bool {
+        self.writes.over_budget(&engine.store)
+    }
+
+    /// A finished write, if any.
+    pub(crate) fn try_completion(&mut self) -> Option<(u64, Response)> {
+        self.writes.try_completion()
+    }
+
+    /// Whether a finished write waits to be taken ([`ClientState::try_completion`]).
+    pub(crate) fn completion_ready(&self) -> bool {
+        self.writes.completion_ready()
+    }
+
+    /// Waits at most `timeout` until a finished write is ready, without taking it.
+    pub(crate) fn wait_completion_ready(&mut self, timeout: Duration) -> bool {
+        self.writes.wait_completion_ready(timeout)
+    }
+
+    /// Waits at most `timeout` for a finished write.
+    pub(crate) fn wait_completion(&mut self, timeout: Duration) -> Option<(u64, Response)> {
+        self.writes.wait_completion(timeout)
+    }
+}
+
+/// The error response for a storage error.
+fn store_error(e: &StoreError) -> Response {
+    let code = match e {
+        StoreError::InvalidKey(_) => ErrorCode::InvalidKey,
+        StoreError::InvalidJson(_) => ErrorCode::InvalidJson,
+        StoreError::TooLarge { .. } => ErrorCode::TooLarge,
+        StoreError::Closed => ErrorCode::ShuttingDown,
+        StoreError::InvalidKind(_) => ErrorCode::BadRequest,
+        _ => ErrorCode::Storage,
+    };
+    Response::error(code, e.to_string())
+}

@@ -1,0 +1,65 @@
+//! Reads of records: Get, Count and List, on the client's own SQLite read connection
+//! (readers never wait for the writer).
+
+use ringbase_protocol::message::{self, ErrorCode, Response};
+
+use super::{ClientState, MAX_LIST};
+use crate::store::{self, StoreError};
+
+/// Get: the live record under `key`, if any.
+pub(super) fn get(c: &mut ClientState, key: &str) -> Result<Response, StoreError> {
+    Ok(Response::Value(c.reader.get(key)?.map(to_wire)))
+}
+
+/// Count: live records, all or under `prefix`.
+pub(super) fn count(c: &mut ClientState, prefix: Option<&str>) -> Result<Response, StoreError> {
+    Ok(Response::Count(c.reader.count(prefix)?))
+}
+
+/// List with the record limit clamped and the response kept within the client's
+/// frame size: a page that would not fit stops early with `more = true`, so paging
+/// with `start_after` stays exact.
+pub(super) fn list(
+    c: &mut ClientState,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    let limit = limit.clamp(1, MAX_LIST);
+    let (records, mut more) = c.reader.list(prefix, start_after, limit)?;
+    // Leave room for the response envelope and per-record archive overhead.
+    let budget = c.max_payload.saturating_sub(256);
+    let mut used = 0u64;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let size = (r.key.len() + r.value.len()) as u64 + 96;
+        if used + size > budget {
+            if out.is_empty() {
+                return Ok(Response::error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "record {:?} ({} bytes) does not fit in this session's response frame ({} bytes)",
+                        r.key,
+                        r.value.len(),
+                        c.max_payload
+                    ),
+                ));
+            }
+            more = true;
+            break;
+        }
+        used += size;
+        out.push(to_wire(r));
+    }
+    Ok(Response::List { records: out, more })
+}
+
+fn to_wire(r: store::Record) -> message::Record {
+    message::Record {
+        key: r.key,
+        value: r.value,
+        kind: r.kind,
+        version: r.version,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
