@@ -18,15 +18,18 @@
 
 mod client;
 mod error;
+mod query;
 mod records;
 mod spawn;
 
 pub use client::{Client, ConnectOptions};
 pub use error::{Error, Result};
+pub use query::QueryOptions;
 pub use records::{ListPage, ValueView, MAX_KEY_LEN};
 pub use ringbase_protocol::handshake::WaitMode;
 pub use ringbase_protocol::layout::RingSizes;
 pub use ringbase_protocol::message::{
-    BatchOp, ErrorCode, Record, Request, Response, StatusInfo, ValueKind, Version,
+    BatchOp, ErrorCode, QueryRows, Record, Request, Response, SqlValue, StatusInfo, ValueKind,
+    Version,
 };
 pub use spawn::SpawnOptions;

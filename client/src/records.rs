@@ -51,7 +51,7 @@ fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn unexpected(r: Response) -> Error {
+pub(crate) fn unexpected(r: Response) -> Error {
     match r {
         Response::Error { code, message } => Error::server(code, &message),
         other => Error::Protocol(format!("unexpected response {other:?}")),

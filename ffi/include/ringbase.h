@@ -205,6 +205,23 @@
 #define RINGBASE_E_TIMEOUT -30819
 
 /**
+ * A query that cannot run: a syntax error, an unknown table or column, a wrong number
+ * of parameters, or more than one statement (`ringbase_query`).
+ */
+#define RINGBASE_E_INVALID_QUERY -30820
+
+/**
+ * A query that would write, or read anything but the `records` view (`ringbase_query`).
+ * Nothing was changed.
+ */
+#define RINGBASE_E_READ_ONLY -30821
+
+/**
+ * A query that ran past its time budget and was stopped (`ringbase_query`).
+ */
+#define RINGBASE_E_BUDGET -30822
+
+/**
  * `ringbase_options::wait_mode`: spin briefly, then sleep (the default).
  */
 #define RINGBASE_WAIT_ADAPTIVE 0
@@ -215,6 +232,31 @@
  * while calls are in flight, and the server's for 10 ms after the last one).
  */
 #define RINGBASE_WAIT_BUSY_POLL 1
+
+/**
+ * `ringbase_value.type`: SQL NULL.
+ */
+#define RINGBASE_SQL_NULL 0
+
+/**
+ * `ringbase_value.type`: a 64-bit signed integer in `integer`.
+ */
+#define RINGBASE_SQL_INTEGER 1
+
+/**
+ * `ringbase_value.type`: a double in `real`.
+ */
+#define RINGBASE_SQL_REAL 2
+
+/**
+ * `ringbase_value.type`: UTF-8 text, `len` bytes at `data`.
+ */
+#define RINGBASE_SQL_TEXT 3
+
+/**
+ * `ringbase_value.type`: bytes, `len` bytes at `data`.
+ */
+#define RINGBASE_SQL_BLOB 4
 
 /**
  * An atomic batch of puts and deletes (opaque), begun on a client by
@@ -249,6 +291,16 @@ typedef struct ringbase_client ringbase_client;
  * thread rule; it stays safe to free after that client was closed.
  */
 typedef struct ringbase_list ringbase_list;
+
+/**
+ * The rows of a query (opaque), made by `ringbase_query` and freed by
+ * `ringbase_rows_free`; owned by the caller.
+ *
+ * It holds the whole result, independent of the client it came from (which may be
+ * closed or used for other calls meanwhile). Not thread-safe: use it from one thread
+ * at a time.
+ */
+typedef struct ringbase_rows ringbase_rows;
 
 /**
  * Options for `ringbase_connect_with`. Zero-initialise the struct (`= {0}`) and set
@@ -374,6 +426,37 @@ typedef struct ringbase_completion {
    */
   int kind;
 } ringbase_completion;
+
+/**
+ * A query parameter or result cell: one of SQLite's five types.
+ *
+ * `type` says which fields hold the value: `integer` for `RINGBASE_SQL_INTEGER`,
+ * `real` for `RINGBASE_SQL_REAL`, `data` and `len` for `RINGBASE_SQL_TEXT` (UTF-8)
+ * and `RINGBASE_SQL_BLOB`; the other fields are 0 / NULL. For a result cell, `data` is
+ * owned by its `ringbase_rows` (text is followed by a NUL byte not counted in `len`).
+ */
+typedef struct ringbase_value {
+  /**
+   * `RINGBASE_SQL_NULL`, `_INTEGER`, `_REAL`, `_TEXT` or `_BLOB`.
+   */
+  int type;
+  /**
+   * The value of an integer.
+   */
+  int64_t integer;
+  /**
+   * The value of a real.
+   */
+  double real;
+  /**
+   * The bytes of a text or blob (NULL is allowed with `len` 0).
+   */
+  const void *data;
+  /**
+   * Their length in bytes.
+   */
+  size_t len;
+} ringbase_value;
 
 #ifdef __cplusplus
 extern "C" {
@@ -942,6 +1025,143 @@ int ringbase_poll(struct ringbase_client *c,
  */
 int ringbase_in_flight(struct ringbase_client *c,
                        size_t *count);
+
+/**
+ * Runs one read-only SQL statement over the `records` view of `c`'s server and
+ * returns all its rows (up to the limits) in `*out`.
+ *
+ * The view has one row per live record: `key` (text), `kind` (`'json'` or
+ * `'bytes'`), `value` (a JSON record's value as text, so `json_extract(value, '$.hp')`
+ * works; NULL for a bytes record), `bytes` (a bytes record's value as a blob; NULL for
+ * JSON), `updated_at` (unix ms), `hlc`, `replica` (hex text) and `seq`. The query
+ * sees every write made earlier on `c`. `sql` is `sql_len` bytes of UTF-8 (not
+ * NUL-terminated), one statement; `params` are `n_params` positional parameters
+ * (`?`, `?NNN`), copied by this call (NULL if `n_params` is 0). `max_rows` caps the
+ * rows (0 = the server's default, 1000; the server allows at most 100,000) and
+ * `timeout_ms` is the query's time budget (0 = the server's default, 2000 ms; at most
+ * 30,000). A result cut short by either limit, or by the session's response size,
+ * has `ringbase_rows_truncated` set.
+ *
+ * Ownership: on success `*out` is a new result owned by the caller, freed with
+ * `ringbase_rows_free`. On failure `*out` is NULL.
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c`, `sql` or `out` NULL, `params` NULL with
+ * `n_params` > 0, a parameter of unknown type, or text that is not UTF-8),
+ * `RINGBASE_E_INVALID_QUERY` (syntax, unknown table or column, wrong parameter count,
+ * several statements), `RINGBASE_E_READ_ONLY` (a writing statement, a pragma, or
+ * anything but the `records` view), `RINGBASE_E_BUDGET` (ran past its time budget),
+ * `RINGBASE_E_TOO_LARGE` (one row, or one value, larger than the session's response
+ * ring), `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`. Nothing is ever changed by a
+ * query.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `sql` points at `sql_len` readable bytes; `params`
+ * points at `n_params` readable values whose text and blob pointers are readable for
+ * their lengths; `out` is NULL or writable.
+ */
+int ringbase_query(struct ringbase_client *c,
+                   const char *sql,
+                   size_t sql_len,
+                   const struct ringbase_value *params,
+                   size_t n_params,
+                   uint32_t max_rows,
+                   uint32_t timeout_ms,
+                   struct ringbase_rows **out);
+
+/**
+ * The number of columns of `rows` (0 if `rows` is NULL).
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result.
+ */
+size_t ringbase_rows_column_count(const struct ringbase_rows *rows);
+
+/**
+ * The name of column `i` of `rows`: a NUL-terminated string owned by `rows`, valid
+ * until `ringbase_rows_free`. NULL if `rows` is NULL or `i` is out of range.
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result.
+ */
+const char *ringbase_rows_column_name(const struct ringbase_rows *rows,
+                                      size_t i);
+
+/**
+ * The number of rows in `rows` (0 if `rows` is NULL).
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result.
+ */
+size_t ringbase_rows_count(const struct ringbase_rows *rows);
+
+/**
+ * 1 if the statement had more rows than `rows` holds (cut short by the row limit or
+ * the session's response size), else 0 (also for NULL).
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result.
+ */
+int ringbase_rows_truncated(const struct ringbase_rows *rows);
+
+/**
+ * Moves the row iterator of `rows` to the next row (the first, on the first call);
+ * read its cells with `ringbase_rows_get`.
+ *
+ * Errors: `RINGBASE_E_NOT_FOUND` after the last row (calling again returns it again),
+ * `RINGBASE_E_INVALID` (`rows` NULL).
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result.
+ */
+int ringbase_rows_next(struct ringbase_rows *rows);
+
+/**
+ * The cell in column `col` of the iterator's current row, into `*value` (see
+ * `ringbase_value`; its `data` belongs to `rows` and stays valid until
+ * `ringbase_rows_free`).
+ *
+ * Errors: `RINGBASE_E_INVALID` (`rows` or `value` NULL, no current row: before the
+ * first or after the last `ringbase_rows_next`), `RINGBASE_E_NOT_FOUND` (`col` out of
+ * range).
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result; `value` is NULL or writable.
+ */
+int ringbase_rows_get(const struct ringbase_rows *rows,
+                      size_t col,
+                      struct ringbase_value *value);
+
+/**
+ * Frees `rows` and every cell and name it holds. NULL is a no-op.
+ *
+ * Threads: any, one at a time per `rows`.
+ *
+ * # Safety
+ *
+ * `rows` is NULL or a live result, not used again after this call.
+ */
+void ringbase_rows_free(struct ringbase_rows *rows);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -65,6 +65,14 @@ pub const RINGBASE_E_IO: c_int = -30818;
 /// A live server did not answer within the call timeout of `ringbase_connect_with`; the
 /// session is over (close the handle and connect again).
 pub const RINGBASE_E_TIMEOUT: c_int = -30819;
+/// A query that cannot run: a syntax error, an unknown table or column, a wrong number
+/// of parameters, or more than one statement (`ringbase_query`).
+pub const RINGBASE_E_INVALID_QUERY: c_int = -30820;
+/// A query that would write, or read anything but the `records` view (`ringbase_query`).
+/// Nothing was changed.
+pub const RINGBASE_E_READ_ONLY: c_int = -30821;
+/// A query that ran past its time budget and was stopped (`ringbase_query`).
+pub const RINGBASE_E_BUDGET: c_int = -30822;
 
 /// A failed call: the status code and the detail for `ringbase_last_error`.
 #[derive(Debug)]
@@ -125,6 +133,9 @@ pub(crate) fn server_code(code: Option<ErrorCode>) -> c_int {
         Some(ErrorCode::Unsupported) => RINGBASE_E_UNSUPPORTED,
         Some(ErrorCode::ShuttingDown) => RINGBASE_E_SHUTTING_DOWN,
         Some(ErrorCode::Internal) => RINGBASE_E_SERVER,
+        Some(ErrorCode::InvalidQuery) => RINGBASE_E_INVALID_QUERY,
+        Some(ErrorCode::ReadOnly) => RINGBASE_E_READ_ONLY,
+        Some(ErrorCode::Budget) => RINGBASE_E_BUDGET,
         _ => RINGBASE_E_SERVER,
     }
 }
@@ -153,6 +164,9 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
         RINGBASE_E_SERVER => c"the server failed the request",
         RINGBASE_E_IO => c"operating-system error",
         RINGBASE_E_TIMEOUT => c"the server did not answer within the call timeout",
+        RINGBASE_E_INVALID_QUERY => c"invalid query",
+        RINGBASE_E_READ_ONLY => c"queries are read-only",
+        RINGBASE_E_BUDGET => c"the query ran past its budget",
         _ => c"unknown ringbase status code",
     }
 }
@@ -254,6 +268,9 @@ mod tests {
             RINGBASE_E_SERVER,
             RINGBASE_E_IO,
             RINGBASE_E_TIMEOUT,
+            RINGBASE_E_INVALID_QUERY,
+            RINGBASE_E_READ_ONLY,
+            RINGBASE_E_BUDGET,
         ];
         let mut seen = std::collections::HashSet::new();
         for c in codes {

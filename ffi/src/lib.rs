@@ -34,6 +34,7 @@ mod kv;
 mod batch;
 mod list;
 mod pipeline;
+mod query;
 
 pub use batch::*;
 pub use error::*;
@@ -41,6 +42,7 @@ pub use handle::ringbase_client;
 pub use kv::*;
 pub use list::*;
 pub use pipeline::*;
+pub use query::*;
 
 /// Value kind: UTF-8 JSON text, validated by the server on put.
 pub const RINGBASE_JSON: c_int = 1;

@@ -84,8 +84,37 @@ pub enum BatchOp {
     },
 }
 
+/// A value of a query parameter or result cell: one of SQLite's five storage classes.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum SqlValue {
+    /// SQL NULL.
+    Null,
+    /// A 64-bit signed integer.
+    Integer(i64),
+    /// A 64-bit float.
+    Real(f64),
+    /// UTF-8 text (JSON values are text in the `records` view).
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+/// The rows of a query ([`Response::Rows`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct QueryRows {
+    /// Column names, in result order.
+    pub columns: Vec<String>,
+    /// Rows, each with one value per column.
+    pub rows: Vec<Vec<SqlValue>>,
+    /// Whether the statement had more rows than came back (the row limit, or the
+    /// session's response frame size, cut it short).
+    pub truncated: bool,
+}
+
 /// A client request.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
 pub enum Request {
     /// Liveness check; answered with [`Response::Pong`].
@@ -132,6 +161,17 @@ pub enum Request {
     },
     /// Server status ([`Response::Status`]).
     Status,
+    /// Runs one read-only SQL statement over the `records` view ([`Response::Rows`]).
+    Query {
+        /// the statement (one; a writing statement is refused)
+        sql: String,
+        /// positional parameters (`?`, `?NNN`), in order
+        params: Vec<SqlValue>,
+        /// at most this many rows (0: the server's default; capped by the server)
+        max_rows: u32,
+        /// time budget in milliseconds (0: the server's default; capped by the server)
+        timeout_ms: u32,
+    },
 }
 
 /// A stored record as returned by reads.
@@ -209,6 +249,13 @@ pub enum ErrorCode {
     ShuttingDown = 7,
     /// An internal error.
     Internal = 8,
+    /// A query that cannot run: a syntax error, an unknown table or column, a wrong
+    /// number of parameters, or more than one statement.
+    InvalidQuery = 9,
+    /// A query that would write, or touch anything but the `records` view.
+    ReadOnly = 10,
+    /// A query that ran past its time or step budget (it was stopped; nothing changed).
+    Budget = 11,
 }
 
 impl ErrorCode {
@@ -224,13 +271,16 @@ impl ErrorCode {
             6 => Unsupported,
             7 => ShuttingDown,
             8 => Internal,
+            9 => InvalidQuery,
+            10 => ReadOnly,
+            11 => Budget,
             _ => return None,
         })
     }
 }
 
 /// A server response.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
 pub enum Response {
     /// Answer to Ping.
@@ -256,6 +306,8 @@ pub enum Response {
     Count(u64),
     /// Answer to Status.
     Status(StatusInfo),
+    /// Answer to Query.
+    Rows(QueryRows),
     /// The request failed; nothing was changed.
     Error {
         /// an [`ErrorCode`] value
@@ -319,8 +371,33 @@ mod tests {
         prop_oneof![Just(ValueKind::Json), Just(ValueKind::Bytes)]
     }
 
+    fn arb_sql_value() -> impl Strategy<Value = SqlValue> {
+        prop_oneof![
+            Just(SqlValue::Null),
+            any::<i64>().prop_map(SqlValue::Integer),
+            // NaN never equals itself; every other float round-trips exactly.
+            any::<f64>()
+                .prop_filter("not NaN", |f| !f.is_nan())
+                .prop_map(SqlValue::Real),
+            ".{0,20}".prop_map(SqlValue::Text),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(SqlValue::Blob),
+        ]
+    }
+
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
+            (
+                ".{0,60}",
+                proptest::collection::vec(arb_sql_value(), 0..6),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(|(sql, params, max_rows, timeout_ms)| Request::Query {
+                    sql,
+                    params,
+                    max_rows,
+                    timeout_ms
+                }),
             Just(Request::Ping),
             Just(Request::Status),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(Request::Echo),
@@ -413,5 +490,17 @@ mod tests {
         let mut buf = AlignedVec::<16>::new();
         encode_response(&r, &mut buf).unwrap();
         assert_eq!(to_owned_response(access_response(&buf).unwrap()), r);
+
+        let rows = Response::Rows(QueryRows {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![
+                vec![SqlValue::Null, SqlValue::Integer(-3)],
+                vec![SqlValue::Real(0.5), SqlValue::Text("t".into())],
+                vec![SqlValue::Blob(vec![0, 255]), SqlValue::Integer(i64::MAX)],
+            ],
+            truncated: true,
+        });
+        encode_response(&rows, &mut buf).unwrap();
+        assert_eq!(to_owned_response(access_response(&buf).unwrap()), rows);
     }
 }

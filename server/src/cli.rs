@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ringbase_client::{Client, Record, ValueKind, Version};
+use ringbase_client::{Client, QueryOptions, Record, SqlValue, ValueKind, Version};
 use serde_json::{json, Value};
 
 /// Exit code for a failure to reach the server or a server error.
@@ -169,4 +169,152 @@ pub fn status(name: &str) -> ExitCode {
         }
         Err(e) => fail(&e),
     })
+}
+
+/// Output of `ringbase query`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryFormat {
+    /// One JSON object per row, keyed by column name.
+    Json,
+    /// An aligned text table with a header.
+    Table,
+}
+
+/// A query parameter from JSON: null, numbers (integers stay integers), strings,
+/// booleans (1/0), `{"blob": "HEX"}` for bytes, and any other object or array as its JSON
+/// text.
+fn param_from_json(v: &Value) -> Result<SqlValue, String> {
+    Ok(match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(
+                n.as_f64()
+                    .ok_or_else(|| format!("number {n} out of range"))?,
+            ),
+        },
+        Value::String(s) => SqlValue::Text(s.clone()),
+        Value::Object(o) if o.len() == 1 && o.contains_key("blob") => {
+            let hex = o["blob"].as_str().ok_or("\"blob\" takes a hex string")?;
+            SqlValue::Blob(unhex(hex).ok_or_else(|| format!("bad hex in blob: {hex:?}"))?)
+        }
+        other => SqlValue::Text(other.to_string()),
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A result cell as JSON: blobs as `{"blob": "HEX"}`, non-finite floats as strings.
+fn cell_json(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => json!(i),
+        SqlValue::Real(f) if f.is_finite() => json!(f),
+        SqlValue::Real(f) => Value::String(f.to_string()),
+        SqlValue::Text(t) => Value::String(t.clone()),
+        SqlValue::Blob(b) => json!({ "blob": hex(b) }),
+    }
+}
+
+/// A result cell as table text.
+fn cell_text(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Null => "NULL".into(),
+        SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Real(f) => f.to_string(),
+        SqlValue::Text(t) => t.clone(),
+        SqlValue::Blob(b) => format!("x'{}'", hex(b)),
+    }
+}
+
+/// `ringbase query SQL [--params JSON] [--format json|table] [--max-rows N] [--timeout-ms T]`
+pub fn query(
+    name: &str,
+    sql: &str,
+    params: Option<&str>,
+    format: QueryFormat,
+    opts: QueryOptions,
+) -> ExitCode {
+    let params = match params.map(serde_json::from_str::<Value>) {
+        None => Vec::new(),
+        Some(Ok(Value::Array(items))) => match items.iter().map(param_from_json).collect() {
+            Ok(p) => p,
+            Err(e) => return fail(&format!("--params: {e}")),
+        },
+        Some(Ok(_)) => return fail(&"--params takes a JSON array, e.g. '[\"player:\", 3]'"),
+        Some(Err(e)) => return fail(&format!("--params is not JSON: {e}")),
+    };
+    with_client(name, |c| {
+        let rows = match c.query_with(sql, &params, opts) {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        let mut out = std::io::stdout().lock();
+        let written = match format {
+            QueryFormat::Json => rows.rows.iter().try_for_each(|row| {
+                let obj: serde_json::Map<String, Value> = rows
+                    .columns
+                    .iter()
+                    .zip(row)
+                    .map(|(c, v)| (c.clone(), cell_json(v)))
+                    .collect();
+                writeln!(out, "{}", Value::Object(obj))
+            }),
+            QueryFormat::Table => write_table(&mut out, &rows.columns, &rows.rows),
+        };
+        if written.is_err() {
+            return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
+        }
+        if rows.truncated {
+            eprintln!(
+                "ringbase: result cut short after {} rows (raise --max-rows, or page with a WHERE on the key)",
+                rows.rows.len()
+            );
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_table(
+    out: &mut impl Write,
+    columns: &[String],
+    rows: &[Vec<SqlValue>],
+) -> std::io::Result<()> {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(cell_text).collect())
+        .collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([columns[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |out: &mut dyn Write, items: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = items
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect();
+        writeln!(out, "{}", parts.join(" | ").trim_end())
+    };
+    line(out, &mut columns.iter().map(String::as_str))?;
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    writeln!(out, "{}", rule.join("-+-"))?;
+    for r in &cells {
+        line(out, &mut r.iter().map(String::as_str))?;
+    }
+    Ok(())
 }

@@ -14,7 +14,10 @@
 //!   │          wait/wake; hands validated requests to the engine
 //!   ▼
 //!  engine    requests -> responses, no transport: dispatches each request kind to
-//!   │          the module that owns it (records, writes, status, ...)
+//!   │          the module that owns it (records, writes, status, queries, ...)
+//!   ▼
+//!  query     subsystems, each doing the work of its requests: read-only SQL over
+//!   │          the records view (vector index, full text, sync to come)
 //!   ▼
 //!  store     records in SQLite, the group-commit writer, read connections, and the
 //!              commit hook: after each COMMIT, before any writer is acknowledged,
@@ -31,6 +34,7 @@
 pub mod engine;
 pub mod ipc;
 pub mod lock;
+pub mod query;
 mod session;
 pub mod store;
 

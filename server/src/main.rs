@@ -86,6 +86,27 @@ enum Cmd {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Run one read-only SQL statement over the `records` view (key, kind, value: JSON
+    /// text, bytes: raw values, updated_at, hlc, replica, seq) and print the rows.
+    Query {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The statement, e.g. "SELECT key FROM records WHERE json_extract(value, '$.type') = ?".
+        sql: String,
+        /// Positional parameters as a JSON array (strings, numbers, null, {"blob": "HEX"}).
+        #[arg(long)]
+        params: Option<String>,
+        /// Output: one JSON object per row, or an aligned table.
+        #[arg(long, value_enum, default_value = "json")]
+        format: cli::QueryFormat,
+        /// At most this many rows [default: the server's, 1000].
+        #[arg(long)]
+        max_rows: Option<u32>,
+        /// Time budget in milliseconds [default: the server's, 2000].
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
     /// Server status as JSON.
     Status {
         /// Server name.
@@ -117,6 +138,23 @@ fn main() -> ExitCode {
             prefix,
             limit,
         } => cli::list(&name, &prefix, limit),
+        Cmd::Query {
+            name,
+            sql,
+            params,
+            format,
+            max_rows,
+            timeout_ms,
+        } => cli::query(
+            &name,
+            &sql,
+            params.as_deref(),
+            format,
+            ringbase_client::QueryOptions {
+                max_rows: max_rows.unwrap_or(0),
+                timeout: std::time::Duration::from_millis(timeout_ms.unwrap_or(0)),
+            },
+        ),
         Cmd::Status { name } => cli::status(&name),
     }
 }

@@ -90,6 +90,7 @@ static void test_static_functions(void) {
         RINGBASE_E_STORAGE, RINGBASE_E_AGAIN, RINGBASE_E_INTERNAL, RINGBASE_E_NOMEM,
         RINGBASE_E_CORRUPT, RINGBASE_E_BAD_REQUEST, RINGBASE_E_UNSUPPORTED,
         RINGBASE_E_SHUTTING_DOWN, RINGBASE_E_SERVER, RINGBASE_E_IO, RINGBASE_E_TIMEOUT,
+        RINGBASE_E_INVALID_QUERY, RINGBASE_E_READ_ONLY, RINGBASE_E_BUDGET,
     };
     const char *unknown = ringbase_strerror(12345);
     CHECK(unknown != NULL && *unknown);
@@ -106,6 +107,7 @@ static void test_static_functions(void) {
     ringbase_close(NULL);
     ringbase_batch_abort(NULL);
     ringbase_list_free(NULL);
+    ringbase_rows_free(NULL);
 }
 
 /* Every handle function with a NULL handle: RINGBASE_E_INVALID and a message. */
@@ -143,6 +145,14 @@ static void test_null_handles(void) {
     CHECK_RC(ringbase_submit_delete(NULL, K("k"), &u), RINGBASE_E_INVALID);
     CHECK_RC(ringbase_poll(NULL, &done), RINGBASE_E_INVALID);
     CHECK_RC(ringbase_in_flight(NULL, &n), RINGBASE_E_INVALID);
+    ringbase_rows *rows = NULL;
+    ringbase_value val;
+    CHECK_RC(ringbase_query(NULL, K("SELECT 1"), NULL, 0, 0, 0, &rows), RINGBASE_E_INVALID);
+    CHECK(rows == NULL);
+    CHECK_RC(ringbase_rows_next(NULL), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_rows_get(NULL, 0, &val), RINGBASE_E_INVALID);
+    CHECK(ringbase_rows_count(NULL) == 0 && ringbase_rows_column_count(NULL) == 0);
+    CHECK(ringbase_rows_column_name(NULL, 0) == NULL && ringbase_rows_truncated(NULL) == 0);
 }
 
 static void test_connect_errors(const char *server_bin) {
@@ -431,6 +441,96 @@ static void test_list(ringbase_client *c) {
     CHECK_RC(ringbase_list_begin(c, K("list:"), NULL, 0, 0, NULL), RINGBASE_E_INVALID);
 }
 
+static void test_query(ringbase_client *c) {
+    CHECK_RC(ringbase_put(c, K("q:1"), K("{\"type\":\"enemy\",\"hp\":7}"), RINGBASE_JSON),
+             RINGBASE_OK);
+    CHECK_RC(ringbase_put(c, K("q:2"), K("{\"type\":\"ally\",\"hp\":9}"), RINGBASE_JSON),
+             RINGBASE_OK);
+
+    /* Parameters of every type, and every type back. */
+    const char blob[] = {0, 1, 2};
+    ringbase_value params[5] = {
+        {.type = RINGBASE_SQL_NULL},
+        {.type = RINGBASE_SQL_INTEGER, .integer = -42},
+        {.type = RINGBASE_SQL_REAL, .real = 0.25},
+        {.type = RINGBASE_SQL_TEXT, .data = "enemy", .len = 5},
+        {.type = RINGBASE_SQL_BLOB, .data = blob, .len = sizeof blob},
+    };
+    ringbase_rows *rows = NULL;
+    CHECK_RC(ringbase_query(c, K("SELECT ?1 AS n, ?2 AS i, ?3 AS r, ?4 AS t, ?5 AS b"), params, 5,
+                            0, 0, &rows),
+             RINGBASE_OK);
+    CHECK(ringbase_rows_column_count(rows) == 5);
+    CHECK(strcmp(ringbase_rows_column_name(rows, 3), "t") == 0);
+    CHECK(ringbase_rows_column_name(rows, 5) == NULL);
+    CHECK(ringbase_rows_count(rows) == 1);
+    CHECK(ringbase_rows_truncated(rows) == 0);
+    ringbase_value v;
+    CHECK_RC(ringbase_rows_get(rows, 0, &v), RINGBASE_E_INVALID); /* before next */
+    CHECK_RC(ringbase_rows_next(rows), RINGBASE_OK);
+    CHECK_RC(ringbase_rows_get(rows, 0, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_NULL);
+    CHECK_RC(ringbase_rows_get(rows, 1, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_INTEGER && v.integer == -42);
+    CHECK_RC(ringbase_rows_get(rows, 2, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_REAL && v.real == 0.25);
+    CHECK_RC(ringbase_rows_get(rows, 3, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_TEXT && v.len == 5 && strcmp(v.data, "enemy") == 0);
+    CHECK_RC(ringbase_rows_get(rows, 4, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_BLOB && v.len == 3 && memcmp(v.data, blob, 3) == 0);
+    CHECK_RC(ringbase_rows_get(rows, 5, &v), RINGBASE_E_NOT_FOUND);
+    CHECK_RC(ringbase_rows_get(rows, 0, NULL), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_rows_next(rows), RINGBASE_E_NOT_FOUND);
+    CHECK_RC(ringbase_rows_next(rows), RINGBASE_E_NOT_FOUND);
+    CHECK_RC(ringbase_rows_get(rows, 0, &v), RINGBASE_E_INVALID);
+    ringbase_rows_free(rows);
+
+    /* The records view with a JSON filter; the rows outlive other calls on c. */
+    CHECK_RC(ringbase_query(c,
+                            K("SELECT key, json_extract(value, '$.hp') FROM records "
+                              "WHERE key LIKE 'q:%' AND json_extract(value, '$.type') = ?"),
+                            &params[3], 1, 0, 0, &rows),
+             RINGBASE_OK);
+    CHECK_RC(ringbase_ping(c), RINGBASE_OK);
+    CHECK(ringbase_rows_count(rows) == 1);
+    CHECK_RC(ringbase_rows_next(rows), RINGBASE_OK);
+    CHECK_RC(ringbase_rows_get(rows, 0, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_TEXT && strcmp(v.data, "q:1") == 0);
+    CHECK_RC(ringbase_rows_get(rows, 1, &v), RINGBASE_OK);
+    CHECK(v.type == RINGBASE_SQL_INTEGER && v.integer == 7);
+    ringbase_rows_free(rows);
+
+    /* Row limit. */
+    CHECK_RC(ringbase_query(c, K("SELECT key FROM records"), NULL, 0, 1, 0, &rows), RINGBASE_OK);
+    CHECK(ringbase_rows_count(rows) == 1 && ringbase_rows_truncated(rows) == 1);
+    ringbase_rows_free(rows);
+
+    /* Errors: each leaves *out NULL and changes nothing. */
+    rows = (ringbase_rows *)&rows;
+    CHECK_RC(ringbase_query(c, K("DELETE FROM records"), NULL, 0, 0, 0, &rows),
+             RINGBASE_E_READ_ONLY);
+    CHECK(rows == NULL);
+    CHECK(strstr(ringbase_last_error(c), "read-only") != NULL);
+    CHECK_RC(ringbase_query(c, K("SELEC 1"), NULL, 0, 0, 0, &rows), RINGBASE_E_INVALID_QUERY);
+    CHECK(strstr(ringbase_last_error(c), "syntax error") != NULL);
+    CHECK_RC(ringbase_query(c, K("SELECT ?"), NULL, 0, 0, 0, &rows), RINGBASE_E_INVALID_QUERY);
+    CHECK_RC(ringbase_query(c,
+                            K("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+                              "SELECT count(*) FROM n"),
+                            NULL, 0, 0, 50, &rows),
+             RINGBASE_E_BUDGET);
+    CHECK_RC(ringbase_query(c, K("SELECT 1"), NULL, 2, 0, 0, &rows), RINGBASE_E_INVALID);
+    ringbase_value bad = {.type = 99};
+    CHECK_RC(ringbase_query(c, K("SELECT ?"), &bad, 1, 0, 0, &rows), RINGBASE_E_INVALID);
+    ringbase_value not_utf8 = {.type = RINGBASE_SQL_TEXT, .data = "\xff", .len = 1};
+    CHECK_RC(ringbase_query(c, K("SELECT ?"), &not_utf8, 1, 0, 0, &rows), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_query(c, NULL, 3, NULL, 0, 0, 0, &rows), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_query(c, K("SELECT 1"), NULL, 0, 0, 0, NULL), RINGBASE_E_INVALID);
+    uint64_t n = 0;
+    CHECK_RC(ringbase_count(c, K("q:"), &n), RINGBASE_OK);
+    CHECK(n == 2);
+}
+
 static void test_pipeline(ringbase_client *c) {
     ringbase_completion done;
     uint64_t t[6] = {0};
@@ -685,6 +785,7 @@ int main(void) {
     test_key_value(c);
     test_batch(c);
     test_list(c);
+    test_query(c);
     test_pipeline(c);
     test_second_client(name);
     test_connect_with(name, server_bin);

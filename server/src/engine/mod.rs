@@ -10,11 +10,13 @@
 //! | Status | `status` |
 //! | Get, Count, List | `records`: the client's own SQLite read connection, so reads never queue behind the writer |
 //! | Put, Delete, Batch | `writes`: queued for the store's group-commit writer, answered when their transaction has committed |
+//! | Query | `queries`: read-only SQL on the client's own query connection ([`crate::query`]) |
 //!
 //! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
 //! line; what must follow every committed write (an index, a change log, replication)
 //! registers a [`crate::store::CommitHook`] in [`Engine::open`].
 
+mod queries;
 mod records;
 mod status;
 mod writes;
@@ -124,6 +126,7 @@ impl Engine {
         Ok(ClientState {
             reader: self.store.reader().map_err(|e| e.to_string())?,
             writes: writes::Writes::new(&self.store),
+            query: None,
             max_payload,
             transport,
         })
@@ -155,6 +158,19 @@ impl Engine {
             }
             ArchivedRequest::Delete { key } => Ok(c.writes.delete(&self.store, key)),
             ArchivedRequest::Batch { ops } => Ok(c.writes.batch(&self.store, ops)),
+            ArchivedRequest::Query {
+                sql,
+                params,
+                max_rows,
+                timeout_ms,
+            } => Ok(Reply::Now(queries::query(
+                &self.store,
+                c,
+                sql.as_str(),
+                params,
+                max_rows.to_native(),
+                timeout_ms.to_native(),
+            ))),
         };
         reply.unwrap_or_else(|e| Reply::Now(store_error(&e)))
     }
@@ -165,6 +181,8 @@ impl Engine {
 pub(crate) struct ClientState {
     reader: Reader,
     writes: writes::Writes,
+    /// The client's query connection, opened at its first query.
+    query: Option<crate::query::QueryConn>,
     /// Largest response payload the client's transport carries.
     max_payload: u64,
     transport: Arc<dyn TransportInfo>,

@@ -429,6 +429,18 @@ impl Store {
         ))
     }
 
+    /// Open a read-only SQLite connection for queries, whose `records` view shows the
+    /// live records: `key`, `kind` (`'json'` or `'bytes'`), `value` (a JSON record's
+    /// value as text, else NULL), `bytes` (a bytes record's value as a blob, else NULL),
+    /// `updated_at` (unix ms), and the version as `hlc`, `replica` (hex) and `seq`. The connection is `query_only`; what else a query may touch is
+    /// the caller's to restrict (see `crate::query`).
+    pub fn query_connection(&self) -> Result<rusqlite::Connection, StoreError> {
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        schema::open_query(&self.db_path)
+    }
+
     /// Size on disk of the database file plus its WAL, in bytes.
     pub fn db_size_bytes(&self) -> u64 {
         let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);

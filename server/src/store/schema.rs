@@ -130,6 +130,42 @@ pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The `records` view that queries see: live records only, the kind as `'json'` or
+/// `'bytes'`, a JSON record's value as text in `value` (so SQLite's JSON functions read
+/// it) and a bytes record's value as a blob in `bytes` (each NULL for the other kind, so
+/// `json_extract(value, ...)` never meets a blob), and the version's fields. A TEMP
+/// view, so it shadows the table of the same name for unqualified names and needs no
+/// migration.
+const RECORDS_VIEW: &str = "CREATE TEMP VIEW records AS SELECT
+    key,
+    CASE kind WHEN 1 THEN 'json' ELSE 'bytes' END AS kind,
+    CASE kind WHEN 1 THEN CAST(value AS TEXT) END AS value,
+    CASE kind WHEN 1 THEN NULL ELSE value END AS bytes,
+    updated_at,
+    hlc,
+    lower(hex(replica)) AS replica,
+    seq
+  FROM main.records WHERE deleted = 0";
+
+/// Open a read-only connection for queries: the `records` view (see [`RECORDS_VIEW`]),
+/// then `query_only`. Sorts and temporary tables of large queries go to temporary
+/// files rather than the heap.
+pub fn open_query(db: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags_and_vfs(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        VFS,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "temp_store", "FILE")?;
+    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+    set_mmap(&conn)?;
+    // Before query_only, which refuses even TEMP schema changes.
+    conn.execute_batch(RECORDS_VIEW)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
 fn set_mmap(conn: &Connection) -> Result<(), StoreError> {
     // The pragma returns the new value as a row; read it so the statement runs to completion.
     let _: Option<i64> = conn
