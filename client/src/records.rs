@@ -1,8 +1,8 @@
 //! The key-value API on top of the session.
 
 use ringbase_protocol::message::{
-    ArchivedResponse, BatchOp, Record, Request, Response, StatusInfo, ValueKind, Version,
-    WriteResult,
+    ArchivedResponse, BatchOp, FieldFilter, Record, Request, Response, StatusInfo, ValueKind,
+    Version, WriteResult,
 };
 
 use rkyv::option::ArchivedOption;
@@ -184,12 +184,74 @@ impl Client {
         start_after: Option<&str>,
         limit: u32,
     ) -> Result<ListPage> {
+        self.list_request(prefix, start_after, limit, None)
+    }
+
+    /// [`Client::list`] of only the JSON records whose field at `filter.path` equals
+    /// `filter.value` (a JSON string, number or boolean), e.g.
+    /// `FieldFilter { path: "$.type".into(), value: r#""enemy""#.into() }`. Paging
+    /// works the same way. Fast when the field has an index ([`Client::create_index`]);
+    /// without one the server reads every record under the prefix.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Server`] with [`crate::ErrorCode::InvalidQuery`] for a path not
+    /// of the form `$` + `.name` / `[index]` steps, or a value that is not a JSON
+    /// scalar; otherwise as [`Client::list`].
+    pub fn list_where(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+        filter: &FieldFilter,
+    ) -> Result<ListPage> {
+        self.list_request(prefix, start_after, limit, Some(filter.clone()))
+    }
+
+    fn list_request(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+        filter: Option<FieldFilter>,
+    ) -> Result<ListPage> {
         match self.call(&Request::List {
             prefix: prefix.to_string(),
             start_after: start_after.map(String::from),
             limit,
+            filter,
         })? {
             Response::List { records, more } => Ok(ListPage { records, more }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates an index on the JSON field at `path` (e.g. `"$.type"`), making
+    /// [`Client::list_where`] filters and queries (`json_extract(value, '$.type') = ?`)
+    /// on it fast. Returns `true` if it was created, `false` if it existed. Building it
+    /// over many records takes a while, during which writes wait. The index persists
+    /// and is listed in [`StatusInfo::indexes`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Server`] with [`crate::ErrorCode::InvalidQuery`] for a bad path;
+    /// [`crate::ErrorCode::Storage`]; [`crate::Error::Disconnected`].
+    pub fn create_index(&mut self, path: &str) -> Result<bool> {
+        match self.call(&Request::CreateIndex {
+            path: path.to_string(),
+        })? {
+            Response::Done(created) => Ok(created),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drops the index on the JSON field at `path`; returns whether it existed.
+    /// Errors as for [`Client::create_index`].
+    pub fn drop_index(&mut self, path: &str) -> Result<bool> {
+        match self.call(&Request::DropIndex {
+            path: path.to_string(),
+        })? {
+            Response::Done(existed) => Ok(existed),
             other => Err(unexpected(other)),
         }
     }

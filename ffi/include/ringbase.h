@@ -887,6 +887,32 @@ int ringbase_list_begin(struct ringbase_client *c,
                         struct ringbase_list **out);
 
 /**
+ * Restricts the iterator `it` to JSON records whose field at `path` equals `value`:
+ * `path` is a JSON path (`$` followed by `.name` and `[index]` steps, e.g. `$.type`),
+ * `value` a JSON string, number or boolean (e.g. `"enemy"` with its quotes, or `3`),
+ * `path_len` and `value_len` bytes of UTF-8, copied by this call. Call it before the
+ * first `ringbase_list_next`. The server checks both when the first page is fetched:
+ * a bad path or value makes that `ringbase_list_next` fail with
+ * `RINGBASE_E_INVALID_QUERY`. Fast when the field has an index
+ * (`ringbase_index_create`).
+ *
+ * Errors: `RINGBASE_E_INVALID` (`it`, `path` or `value` NULL, not UTF-8, or called
+ * after the first `ringbase_list_next`).
+ *
+ * Threads: the thread using the iterator's client.
+ *
+ * # Safety
+ *
+ * `it` is NULL or a live iterator; `path` and `value` point at `path_len` and
+ * `value_len` readable bytes.
+ */
+int ringbase_list_where(struct ringbase_list *it,
+                        const char *path,
+                        size_t path_len,
+                        const char *value,
+                        size_t value_len);
+
+/**
  * Moves to the next record and returns pointers to it.
  *
  * On `RINGBASE_OK`: `*key` points at the key's `*key_len` bytes, followed by a NUL
@@ -899,7 +925,9 @@ int ringbase_list_begin(struct ringbase_client *c,
  * Errors: `RINGBASE_E_NOT_FOUND` at the end (no more records; calling again returns
  * it again), `RINGBASE_E_INVALID` (`it`, `key`, `key_len`, `value` or `value_len`
  * NULL, or the client was closed), `RINGBASE_E_TOO_LARGE` (a record too large for
- * the session's response ring), `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`.
+ * the session's response ring), `RINGBASE_E_INVALID_QUERY` (a bad
+ * `ringbase_list_where` path or value), `RINGBASE_E_STORAGE`,
+ * `RINGBASE_E_DISCONNECTED`.
  * Detail in `ringbase_last_error` of the iterator's client.
  *
  * Threads: the thread using the iterator's client. Fetching a page is a call on that
@@ -1162,6 +1190,46 @@ int ringbase_rows_get(const struct ringbase_rows *rows,
  * `rows` is NULL or a live result, not used again after this call.
  */
 void ringbase_rows_free(struct ringbase_rows *rows);
+
+/**
+ * Creates an index on the JSON field at `path` (`path_len` bytes of UTF-8, e.g.
+ * `$.type`: `$` followed by `.name` and `[index]` steps), which makes
+ * `ringbase_list_where` filters and queries on that field fast. `*created` (if
+ * `created` is not NULL) is 1 if it was created, 0 if it existed. Building it over many
+ * records takes a while, during which the server's writes wait. The index persists.
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c` or `path` NULL, not UTF-8),
+ * `RINGBASE_E_INVALID_QUERY` (not a path of that form), `RINGBASE_E_STORAGE`,
+ * `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `path` points at `path_len` readable bytes; `created`
+ * is NULL or writable.
+ */
+int ringbase_index_create(struct ringbase_client *c,
+                          const char *path,
+                          size_t path_len,
+                          int *created);
+
+/**
+ * Drops the index on the JSON field at `path` (as for `ringbase_index_create`).
+ * `*existed` (if not NULL) is 1 if it existed, else 0.
+ *
+ * Errors: as for `ringbase_index_create`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * As for `ringbase_index_create`.
+ */
+int ringbase_index_drop(struct ringbase_client *c,
+                        const char *path,
+                        size_t path_len,
+                        int *existed);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -4,10 +4,10 @@ use std::ffi::{c_char, c_int, c_void};
 use std::ptr::null_mut;
 use std::sync::Arc;
 
-use ::ringbase_client::Record;
+use ::ringbase_client::{FieldFilter, Record};
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{enter, fail, free_box, handle, key as key_arg, kind_code, on_state};
+use crate::handle::{bytes, enter, fail, free_box, handle, key as key_arg, kind_code, on_state};
 use crate::handle::{out, out_opt, ringbase_client, Shared, State};
 
 /// Records asked for per request (the server may return fewer: it caps a page at what
@@ -36,6 +36,10 @@ struct Cursor {
     /// Whether the server may have records after the current page.
     more: bool,
     page: std::vec::IntoIter<Record>,
+    /// Only JSON records whose field equals a value (`ringbase_list_where`).
+    filter: Option<FieldFilter>,
+    /// Whether a page was fetched (the filter is fixed from then on).
+    started: bool,
     /// The record handed out by the last `next`: its key followed by a NUL byte.
     key: Vec<u8>,
     /// Its value.
@@ -63,9 +67,12 @@ impl Cursor {
                 return Ok(None);
             }
             let want = u32::try_from(self.remaining.min(PAGE)).unwrap_or(PAGE as u32);
-            let page = st
-                .settle()?
-                .list(&self.prefix, self.after.as_deref(), want)?;
+            self.started = true;
+            let client = st.settle()?;
+            let page = match &self.filter {
+                None => client.list(&self.prefix, self.after.as_deref(), want)?,
+                Some(f) => client.list_where(&self.prefix, self.after.as_deref(), want, f)?,
+            };
             // An empty page ends the listing even if the server claims more, so a
             // confused server cannot make `next` loop forever.
             self.more = page.more && !page.records.is_empty();
@@ -132,10 +139,65 @@ pub unsafe extern "C" fn ringbase_list_begin(
                 remaining: if limit == 0 { u64::MAX } else { limit },
                 more: true,
                 page: Vec::new().into_iter(),
+                filter: None,
+                started: false,
                 key: Vec::new(),
                 value: Vec::new(),
             },
         }));
+        Ok(())
+    })
+}
+
+/// Restricts the iterator `it` to JSON records whose field at `path` equals `value`:
+/// `path` is a JSON path (`$` followed by `.name` and `[index]` steps, e.g. `$.type`),
+/// `value` a JSON string, number or boolean (e.g. `"enemy"` with its quotes, or `3`),
+/// `path_len` and `value_len` bytes of UTF-8, copied by this call. Call it before the
+/// first `ringbase_list_next`. The server checks both when the first page is fetched:
+/// a bad path or value makes that `ringbase_list_next` fail with
+/// `RINGBASE_E_INVALID_QUERY`. Fast when the field has an index
+/// (`ringbase_index_create`).
+///
+/// Errors: `RINGBASE_E_INVALID` (`it`, `path` or `value` NULL, not UTF-8, or called
+/// after the first `ringbase_list_next`).
+///
+/// Threads: the thread using the iterator's client.
+///
+/// # Safety
+///
+/// `it` is NULL or a live iterator; `path` and `value` point at `path_len` and
+/// `value_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_list_where(
+    it: *mut ringbase_list,
+    path: *const c_char,
+    path_len: usize,
+    value: *const c_char,
+    value_len: usize,
+) -> c_int {
+    crate::error::guard(|| {
+        // SAFETY: NULL or a live iterator used by this thread only (caller's contract).
+        let it =
+            unsafe { it.as_mut() }.ok_or_else(|| Failure::invalid("the list iterator is NULL"))?;
+        if it.cursor.started {
+            return Err(Failure::invalid(
+                "ringbase_list_where must come before the first ringbase_list_next",
+            ));
+        }
+        let text = |p: *const c_char, len: usize, name: &str| -> Result<String, Failure> {
+            if p.is_null() {
+                return Err(Failure::invalid(format!("{name} is NULL")));
+            }
+            // SAFETY: `len` readable bytes (caller's contract).
+            let b = unsafe { bytes(p as *const c_void, len, name) }?;
+            std::str::from_utf8(b)
+                .map(str::to_string)
+                .map_err(|_| Failure::invalid(format!("{name} is not UTF-8")))
+        };
+        it.cursor.filter = Some(FieldFilter {
+            path: text(path, path_len, "path")?,
+            value: text(value, value_len, "value")?,
+        });
         Ok(())
     })
 }
@@ -152,7 +214,9 @@ pub unsafe extern "C" fn ringbase_list_begin(
 /// Errors: `RINGBASE_E_NOT_FOUND` at the end (no more records; calling again returns
 /// it again), `RINGBASE_E_INVALID` (`it`, `key`, `key_len`, `value` or `value_len`
 /// NULL, or the client was closed), `RINGBASE_E_TOO_LARGE` (a record too large for
-/// the session's response ring), `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`.
+/// the session's response ring), `RINGBASE_E_INVALID_QUERY` (a bad
+/// `ringbase_list_where` path or value), `RINGBASE_E_STORAGE`,
+/// `RINGBASE_E_DISCONNECTED`.
 /// Detail in `ringbase_last_error` of the iterator's client.
 ///
 /// Threads: the thread using the iterator's client. Fetching a page is a call on that

@@ -381,3 +381,86 @@ pub unsafe extern "C" fn ringbase_rows_free(rows: *mut ringbase_rows) {
     // freed once (caller's contract).
     unsafe { free_box(rows) }
 }
+
+/// Creates an index on the JSON field at `path` (`path_len` bytes of UTF-8, e.g.
+/// `$.type`: `$` followed by `.name` and `[index]` steps), which makes
+/// `ringbase_list_where` filters and queries on that field fast. `*created` (if
+/// `created` is not NULL) is 1 if it was created, 0 if it existed. Building it over many
+/// records takes a while, during which the server's writes wait. The index persists.
+///
+/// Errors: `RINGBASE_E_INVALID` (`c` or `path` NULL, not UTF-8),
+/// `RINGBASE_E_INVALID_QUERY` (not a path of that form), `RINGBASE_E_STORAGE`,
+/// `RINGBASE_E_DISCONNECTED`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `path` points at `path_len` readable bytes; `created`
+/// is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_index_create(
+    c: *mut ringbase_client,
+    path: *const c_char,
+    path_len: usize,
+    created: *mut c_int,
+) -> c_int {
+    // SAFETY: as for this function (caller's contract).
+    unsafe { index_call(c, path, path_len, created, true) }
+}
+
+/// Drops the index on the JSON field at `path` (as for `ringbase_index_create`).
+/// `*existed` (if not NULL) is 1 if it existed, else 0.
+///
+/// Errors: as for `ringbase_index_create`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// As for `ringbase_index_create`.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_index_drop(
+    c: *mut ringbase_client,
+    path: *const c_char,
+    path_len: usize,
+    existed: *mut c_int,
+) -> c_int {
+    // SAFETY: as for this function (caller's contract).
+    unsafe { index_call(c, path, path_len, existed, false) }
+}
+
+/// `ringbase_index_create` (`create`) or `ringbase_index_drop`.
+///
+/// # Safety
+///
+/// As for `ringbase_index_create`.
+unsafe fn index_call(
+    c: *mut ringbase_client,
+    path: *const c_char,
+    path_len: usize,
+    changed: *mut c_int,
+    create: bool,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        if path.is_null() {
+            return Err(Failure::invalid("path is NULL"));
+        }
+        // SAFETY: `path_len` readable bytes (caller's contract).
+        let path = unsafe { bytes(path as *const c_void, path_len, "path") }?;
+        let path = std::str::from_utf8(path).map_err(|_| Failure::invalid("path is not UTF-8"))?;
+        let client = st.settle()?;
+        let did = if create {
+            client.create_index(path)?
+        } else {
+            client.drop_index(path)?
+        };
+        // SAFETY: NULL or writable (caller's contract).
+        if let Some(changed) = unsafe { crate::handle::out_opt(changed) } {
+            *changed = c_int::from(did);
+        }
+        Ok(())
+    })
+}

@@ -113,6 +113,17 @@ pub struct QueryRows {
     pub truncated: bool,
 }
 
+/// An equality filter on one field of JSON values: records whose value at `path`
+/// equals `value`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct FieldFilter {
+    /// A JSON path: `$` followed by `.name` and `[index]` steps, e.g. `$.stats.hp`.
+    pub path: String,
+    /// A JSON scalar (string, number or boolean), e.g. `"enemy"` or `3`.
+    pub value: String,
+}
+
 /// A client request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
@@ -153,6 +164,8 @@ pub enum Request {
         start_after: Option<String>,
         /// at most this many records
         limit: u32,
+        /// only JSON records whose field equals a value
+        filter: Option<FieldFilter>,
     },
     /// Counts live records ([`Response::Count`]).
     Count {
@@ -171,6 +184,17 @@ pub enum Request {
         max_rows: u32,
         /// time budget in milliseconds (0: the server's default; capped by the server)
         timeout_ms: u32,
+    },
+    /// Creates an index on a JSON field, for `List` filters and queries on that field
+    /// ([`Response::Done`]: whether it was created, i.e. did not exist).
+    CreateIndex {
+        /// the JSON path (see [`FieldFilter::path`])
+        path: String,
+    },
+    /// Drops an index on a JSON field ([`Response::Done`]: whether it existed).
+    DropIndex {
+        /// the JSON path
+        path: String,
     },
 }
 
@@ -226,6 +250,8 @@ pub struct StatusInfo {
     pub commits: u64,
     /// Write jobs (puts, deletes, batches) applied since start.
     pub write_jobs: u64,
+    /// JSON paths with an index (`CreateIndex`), in path order.
+    pub indexes: Vec<String>,
 }
 
 /// Stable error codes carried by [`Response::Error`].
@@ -308,6 +334,8 @@ pub enum Response {
     Status(StatusInfo),
     /// Answer to Query.
     Rows(QueryRows),
+    /// Answer to CreateIndex and DropIndex: whether anything changed.
+    Done(bool),
     /// The request failed; nothing was changed.
     Error {
         /// an [`ErrorCode`] value
@@ -408,13 +436,20 @@ mod tests {
                 arb_kind()
             )
                 .prop_map(|(key, value, kind)| Request::Put { key, value, kind }),
-            (".{0,10}", proptest::option::of(".{0,10}"), any::<u32>()).prop_map(
-                |(prefix, start_after, limit)| Request::List {
+            (
+                ".{0,10}",
+                proptest::option::of(".{0,10}"),
+                any::<u32>(),
+                proptest::option::of((".{0,10}", ".{0,10}"))
+            )
+                .prop_map(|(prefix, start_after, limit, filter)| Request::List {
                     prefix,
                     start_after,
-                    limit
-                }
-            ),
+                    limit,
+                    filter: filter.map(|(path, value)| FieldFilter { path, value }),
+                }),
+            ".{0,20}".prop_map(|path| Request::CreateIndex { path }),
+            ".{0,20}".prop_map(|path| Request::DropIndex { path }),
             proptest::collection::vec(
                 prop_oneof![
                     ".{0,10}".prop_map(|key| BatchOp::Delete { key }),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ringbase_client::{Client, QueryOptions, Record, SqlValue, ValueKind, Version};
+use ringbase_client::{Client, FieldFilter, QueryOptions, Record, SqlValue, ValueKind, Version};
 use serde_json::{json, Value};
 
 /// Exit code for a failure to reach the server or a server error.
@@ -122,13 +122,22 @@ pub fn delete(name: &str, key: &str) -> ExitCode {
 
 /// `ringbase list [--prefix P] [--limit N]`: one JSON object per line, paging through
 /// the server until `limit` records (or all) are printed.
-pub fn list(name: &str, prefix: &str, limit: Option<u64>) -> ExitCode {
+pub fn list(name: &str, prefix: &str, limit: Option<u64>, filter: Option<&str>) -> ExitCode {
+    let filter = match filter.map(parse_filter).transpose() {
+        Ok(f) => f,
+        Err(e) => return fail(&e),
+    };
     with_client(name, |c| {
         let mut left = limit.unwrap_or(u64::MAX);
         let mut after: Option<String> = None;
         let mut out = std::io::stdout().lock();
         while left > 0 {
-            let page = match c.list(prefix, after.as_deref(), left.min(1000) as u32) {
+            let want = left.min(1000) as u32;
+            let page = match &filter {
+                None => c.list(prefix, after.as_deref(), want),
+                Some(f) => c.list_where(prefix, after.as_deref(), want, f),
+            };
+            let page = match page {
                 Ok(p) => p,
                 Err(e) => return fail(&e),
             };
@@ -144,6 +153,52 @@ pub fn list(name: &str, prefix: &str, limit: Option<u64>) -> ExitCode {
             }
         }
         ExitCode::SUCCESS
+    })
+}
+
+/// `PATH = JSON` of `list --where`.
+fn parse_filter(s: &str) -> Result<FieldFilter, String> {
+    let (path, value) = s.split_once('=').ok_or_else(|| {
+        format!("--where {s:?}: write it as 'PATH = JSON', e.g. '$.type = \"enemy\"'")
+    })?;
+    Ok(FieldFilter {
+        path: path.trim().to_string(),
+        value: value.trim().to_string(),
+    })
+}
+
+/// `ringbase index create PATH`
+pub fn index_create(name: &str, path: &str) -> ExitCode {
+    with_client(name, |c| match c.create_index(path) {
+        Ok(created) => {
+            println!("{}", json!({ "path": path, "created": created }));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    })
+}
+
+/// `ringbase index drop PATH`
+pub fn index_drop(name: &str, path: &str) -> ExitCode {
+    with_client(name, |c| match c.drop_index(path) {
+        Ok(existed) => {
+            println!("{}", json!({ "path": path, "dropped": existed }));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    })
+}
+
+/// `ringbase index list`: one path per line.
+pub fn index_list(name: &str) -> ExitCode {
+    with_client(name, |c| match c.status() {
+        Ok(s) => {
+            for p in s.indexes {
+                println!("{p}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     })
 }
 
@@ -163,6 +218,7 @@ pub fn status(name: &str) -> ExitCode {
                 "pid": s.pid,
                 "commits": s.commits,
                 "write_jobs": s.write_jobs,
+                "indexes": s.indexes,
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             ExitCode::SUCCESS

@@ -21,6 +21,22 @@ struct Args {
 }
 
 #[derive(Subcommand, Debug)]
+enum IndexCmd {
+    /// Create an index on a JSON field, e.g. '$.type' (for `list --where` and queries).
+    Create {
+        /// JSON path: $ followed by `.name` and `[index]` steps.
+        path: String,
+    },
+    /// Drop the index on a JSON field.
+    Drop {
+        /// JSON path.
+        path: String,
+    },
+    /// List the indexed JSON paths, one per line.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the server in the foreground (SIGINT/SIGTERM stop it cleanly).
     Serve {
@@ -85,6 +101,18 @@ enum Cmd {
         /// At most this many records.
         #[arg(long)]
         limit: Option<u64>,
+        /// Only JSON records whose field equals a value: 'PATH = JSON', e.g.
+        /// '$.type = "enemy"' or '$.hp = 3' (fast with `ringbase index create PATH`).
+        #[arg(long = "where", value_name = "PATH = JSON")]
+        filter: Option<String>,
+    },
+    /// Manage indexes on JSON fields.
+    Index {
+        /// Server name.
+        #[arg(long, global = true, default_value = "default")]
+        name: String,
+        #[command(subcommand)]
+        cmd: IndexCmd,
     },
     /// Run one read-only SQL statement over the `records` view (key, kind, value: JSON
     /// text, bytes: raw values, updated_at, hlc, replica, seq) and print the rows.
@@ -137,7 +165,13 @@ fn main() -> ExitCode {
             name,
             prefix,
             limit,
-        } => cli::list(&name, &prefix, limit),
+            filter,
+        } => cli::list(&name, &prefix, limit, filter.as_deref()),
+        Cmd::Index { name, cmd } => match cmd {
+            IndexCmd::Create { path } => cli::index_create(&name, &path),
+            IndexCmd::Drop { path } => cli::index_drop(&name, &path),
+            IndexCmd::List => cli::index_list(&name),
+        },
         Cmd::Query {
             name,
             sql,

@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ringbase_client::{Client, Error, ErrorCode, QueryOptions, RingSizes, SqlValue, ValueKind};
+use ringbase_client::{
+    Client, Error, ErrorCode, FieldFilter, QueryOptions, RingSizes, SqlValue, ValueKind,
+};
 
 fn server(tag: &str) -> (TempDir, ServerProc) {
     let rt = TempDir::new(tag);
@@ -427,4 +429,119 @@ fn cli_query_prints_json_lines_or_a_table() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--params"), "{err}");
     assert_eq!(c.count(None).unwrap(), 3);
+}
+
+#[test]
+fn list_where_filters_on_a_json_field_with_or_without_an_index() {
+    let (rt, srv) = server("q-where");
+    let mut c = srv.connect();
+    for i in 0..120 {
+        let t = ["enemy", "ally", "item"][i % 3];
+        c.put_json(
+            &format!("u:{i:03}"),
+            &format!(r#"{{"type":"{t}","lvl":{}}}"#, i % 4),
+        )
+        .unwrap();
+    }
+    c.put("u:raw", b"not json", ValueKind::Bytes).unwrap();
+    c.delete("u:000").unwrap();
+    let pages = |c: &mut Client, f: &FieldFilter| {
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = c.list_where("u:", after.as_deref(), 7, f).unwrap();
+            keys.extend(page.records.iter().map(|r| r.key.clone()));
+            match page.records.last() {
+                Some(l) if page.more => after = Some(l.key.clone()),
+                _ => break,
+            }
+        }
+        keys
+    };
+    let enemy = FieldFilter {
+        path: "$.type".into(),
+        value: r#""enemy""#.into(),
+    };
+    let lvl2 = FieldFilter {
+        path: "$.lvl".into(),
+        value: "2".into(),
+    };
+    let want_enemy: Vec<String> = (3..120).step_by(3).map(|i| format!("u:{i:03}")).collect();
+    let want_lvl2: Vec<String> = (2..120).step_by(4).map(|i| format!("u:{i:03}")).collect();
+    assert_eq!(pages(&mut c, &enemy), want_enemy);
+    assert_eq!(pages(&mut c, &lvl2), want_lvl2);
+    assert!(c.create_index("$.type").unwrap());
+    assert!(!c.create_index("$.type").unwrap());
+    assert_eq!(c.status().unwrap().indexes, ["$.type"]);
+    assert_eq!(pages(&mut c, &enemy), want_enemy);
+    // The index follows later writes (this session's, seen at once).
+    c.put_json("u:001", r#"{"type":"enemy"}"#).unwrap();
+    let mut want = want_enemy.clone();
+    want.insert(0, "u:001".into());
+    assert_eq!(pages(&mut c, &enemy), want);
+    // Bad paths and values: clear errors.
+    for (path, value) in [
+        ("type", r#""enemy""#),
+        ("$.a b", "1"),
+        ("$.type", "{}"),
+        ("$.type", "enemy"),
+    ] {
+        let f = FieldFilter {
+            path: path.into(),
+            value: value.into(),
+        };
+        let (code, msg) = code_of(c.list_where("u:", None, 10, &f));
+        assert_eq!(code, ErrorCode::InvalidQuery, "{path} {value}: {msg}");
+    }
+    let (code, _) = code_of(c.create_index("$"));
+    assert_eq!(code, ErrorCode::InvalidQuery);
+
+    // The CLI: list --where, index create/list/drop; the index survives a restart.
+    let run = rt.path().join("run");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(ringbase_bin())
+            .args(args)
+            .args(["--name", "q-where"])
+            .env("RINGBASE_RUNTIME_DIR", &run)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = cli(&[
+        "list",
+        "--prefix",
+        "u:",
+        "--where",
+        "$.lvl = 2",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(code, Some(0));
+    let keys: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, want_lvl2[..3]);
+    assert_eq!(cli(&["index", "create", "$.lvl"]).0, Some(0));
+    assert_eq!(cli(&["index", "list"]).1, "$.lvl\n$.type\n");
+    drop(c);
+    let mut srv = srv;
+    srv.terminate();
+    let srv = ServerProc::start(&run, &rt.path().join("data"), "q-where", &[]);
+    let mut c = srv.connect();
+    assert_eq!(c.status().unwrap().indexes, ["$.lvl", "$.type"]);
+    assert_eq!(pages(&mut c, &lvl2), want_lvl2);
+    let (code, out) = cli(&["index", "drop", "$.lvl"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"dropped\":true"), "{out}");
+    assert_eq!(cli(&["index", "list"]).1, "$.type\n");
+    assert_eq!(cli(&["list", "--where", "nonsense"]).0, Some(2));
 }

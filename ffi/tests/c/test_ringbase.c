@@ -153,6 +153,8 @@ static void test_null_handles(void) {
     CHECK_RC(ringbase_rows_get(NULL, 0, &val), RINGBASE_E_INVALID);
     CHECK(ringbase_rows_count(NULL) == 0 && ringbase_rows_column_count(NULL) == 0);
     CHECK(ringbase_rows_column_name(NULL, 0) == NULL && ringbase_rows_truncated(NULL) == 0);
+    CHECK_RC(ringbase_index_create(NULL, K("$.a"), NULL), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_index_drop(NULL, K("$.a"), NULL), RINGBASE_E_INVALID);
 }
 
 static void test_connect_errors(const char *server_bin) {
@@ -529,6 +531,42 @@ static void test_query(ringbase_client *c) {
     uint64_t n = 0;
     CHECK_RC(ringbase_count(c, K("q:"), &n), RINGBASE_OK);
     CHECK(n == 2);
+
+    /* A JSON-field filter on a list, with and without an index on the field. */
+    int changed = -1;
+    for (int round = 0; round < 2; round++) {
+        ringbase_list *it = NULL;
+        const char *k = NULL;
+        const void *val = NULL;
+        size_t klen = 0, vlen = 0;
+        CHECK_RC(ringbase_list_begin(c, K("q:"), NULL, 0, 0, &it), RINGBASE_OK);
+        CHECK_RC(ringbase_list_where(it, K("$.type"), K("\"enemy\"")), RINGBASE_OK);
+        CHECK_RC(ringbase_list_next(it, &k, &klen, &val, &vlen, NULL), RINGBASE_OK);
+        CHECK(k != NULL && strcmp(k, "q:1") == 0);
+        CHECK_RC(ringbase_list_where(it, K("$.type"), K("\"ally\"")), RINGBASE_E_INVALID);
+        CHECK_RC(ringbase_list_next(it, &k, &klen, &val, &vlen, NULL), RINGBASE_E_NOT_FOUND);
+        ringbase_list_free(it);
+        if (round == 0) {
+            CHECK_RC(ringbase_index_create(c, K("$.type"), &changed), RINGBASE_OK);
+            CHECK(changed == 1);
+            CHECK_RC(ringbase_index_create(c, K("$.type"), &changed), RINGBASE_OK);
+            CHECK(changed == 0);
+        }
+    }
+    CHECK_RC(ringbase_index_drop(c, K("$.type"), &changed), RINGBASE_OK);
+    CHECK(changed == 1);
+    CHECK_RC(ringbase_index_drop(c, K("$.type"), NULL), RINGBASE_OK);
+    CHECK_RC(ringbase_index_create(c, K("type"), NULL), RINGBASE_E_INVALID_QUERY);
+    CHECK_RC(ringbase_index_create(c, NULL, 0, NULL), RINGBASE_E_INVALID);
+    ringbase_list *badit = NULL;
+    const char *bk = NULL;
+    const void *bv = NULL;
+    size_t bkl = 0, bvl = 0;
+    CHECK_RC(ringbase_list_begin(c, K("q:"), NULL, 0, 0, &badit), RINGBASE_OK);
+    CHECK_RC(ringbase_list_where(badit, K("$.type"), K("{}")), RINGBASE_OK);
+    CHECK_RC(ringbase_list_next(badit, &bk, &bkl, &bv, &bvl, NULL), RINGBASE_E_INVALID_QUERY);
+    ringbase_list_free(badit);
+    CHECK_RC(ringbase_list_where(NULL, K("$.a"), K("1")), RINGBASE_E_INVALID);
 }
 
 static void test_pipeline(ringbase_client *c) {

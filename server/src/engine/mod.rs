@@ -10,12 +10,14 @@
 //! | Status | `status` |
 //! | Get, Count, List | `records`: the client's own SQLite read connection, so reads never queue behind the writer |
 //! | Put, Delete, Batch | `writes`: queued for the store's group-commit writer, answered when their transaction has committed |
+//! | CreateIndex, DropIndex | `indexes`: JSON-field indexes, made by the writer between transactions |
 //! | Query | `queries`: read-only SQL on the client's own query connection ([`crate::query`]) |
 //!
 //! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
 //! line; what must follow every committed write (an index, a change log, replication)
 //! registers a [`crate::store::CommitHook`] in [`Engine::open`].
 
+mod indexes;
 mod queries;
 mod records;
 mod status;
@@ -146,11 +148,13 @@ impl Engine {
                 prefix,
                 start_after,
                 limit,
+                filter,
             } => records::list(
                 c,
                 prefix.as_str(),
                 start_after.as_ref().map(|k| k.as_str()),
                 limit.to_native(),
+                filter.as_ref(),
             )
             .map(Reply::Now),
             ArchivedRequest::Put { key, value, kind } => {
@@ -158,6 +162,12 @@ impl Engine {
             }
             ArchivedRequest::Delete { key } => Ok(c.writes.delete(&self.store, key)),
             ArchivedRequest::Batch { ops } => Ok(c.writes.batch(&self.store, ops)),
+            ArchivedRequest::CreateIndex { path } => {
+                indexes::create(&self.store, path.as_str()).map(Reply::Now)
+            }
+            ArchivedRequest::DropIndex { path } => {
+                indexes::drop(&self.store, path.as_str()).map(Reply::Now)
+            }
             ArchivedRequest::Query {
                 sql,
                 params,
@@ -236,6 +246,7 @@ fn store_error(e: &StoreError) -> Response {
         StoreError::TooLarge { .. } => ErrorCode::TooLarge,
         StoreError::Closed => ErrorCode::ShuttingDown,
         StoreError::InvalidKind(_) => ErrorCode::BadRequest,
+        StoreError::InvalidFilter(_) => ErrorCode::InvalidQuery,
         _ => ErrorCode::Storage,
     };
     Response::error(code, e.to_string())

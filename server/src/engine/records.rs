@@ -1,10 +1,10 @@
-//! Reads of records: Get, Count and List, on the client's own SQLite read connection
+//! Reads of records: Get, Count and List (optionally filtered on a JSON field), on the client's own SQLite read connection
 //! (readers never wait for the writer).
 
-use ringbase_protocol::message::{self, ErrorCode, Response};
+use ringbase_protocol::message::{self, ArchivedFieldFilter, ErrorCode, Response};
 
 use super::{ClientState, MAX_LIST};
-use crate::store::{self, StoreError};
+use crate::store::{self, FieldFilter, StoreError};
 
 /// Get: the live record under `key`, if any.
 pub(super) fn get(c: &mut ClientState, key: &str) -> Result<Response, StoreError> {
@@ -24,9 +24,13 @@ pub(super) fn list(
     prefix: &str,
     start_after: Option<&str>,
     limit: u32,
+    filter: Option<&ArchivedFieldFilter>,
 ) -> Result<Response, StoreError> {
     let limit = limit.clamp(1, MAX_LIST);
-    let (records, mut more) = c.reader.list(prefix, start_after, limit)?;
+    let filter = filter
+        .map(|f| FieldFilter::parse(f.path.as_str(), f.value.as_str()))
+        .transpose()?;
+    let (records, mut more) = c.reader.list(prefix, start_after, limit, filter.as_ref())?;
     // Leave room for the response envelope and per-record archive overhead.
     let budget = c.max_payload.saturating_sub(256);
     let mut used = 0u64;

@@ -21,5 +21,6 @@ pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, S
         pid: std::process::id(),
         commits: stats.transactions,
         write_jobs: stats.jobs,
+        indexes: c.reader.indexes()?,
     }))
 }

@@ -16,6 +16,7 @@
 /// | 7    | `SchemaTooNew`   | the database was written by a newer Ringbase              |
 /// | 8    | `Io`             | a filesystem error outside SQLite (creating the data dir) |
 /// | 9    | `InvalidKind`    | an unknown value-kind tag                                 |
+/// | 10   | `InvalidFilter`  | a JSON path or filter value that cannot be used           |
 #[non_exhaustive]
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -59,6 +60,10 @@ pub enum StoreError {
     /// A value-kind tag that is not one of the known kinds.
     #[error("unknown value kind tag {0}")]
     InvalidKind(u8),
+    /// A JSON path that is not `$` followed by `.name` / `[index]` steps, or a filter
+    /// value that is not a JSON string, number or boolean.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
 }
 
 impl StoreError {
@@ -74,6 +79,7 @@ impl StoreError {
             StoreError::SchemaTooNew { .. } => 7,
             StoreError::Io(_) => 8,
             StoreError::InvalidKind(_) => 9,
+            StoreError::InvalidFilter(_) => 10,
         }
     }
 }

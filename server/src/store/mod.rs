@@ -42,6 +42,7 @@ mod cache;
 mod changes;
 mod clock;
 mod error;
+mod fields;
 mod hook;
 mod reader;
 mod schema;
@@ -64,6 +65,7 @@ pub use changes::{
 };
 pub use clock::MAX_HLC;
 pub use error::StoreError;
+pub use fields::{FieldFilter, JsonPath, MAX_PATH_LEN};
 pub use hook::{Change, Commit, CommitHook};
 pub use reader::{prefix_successor, Reader};
 pub use schema::SCHEMA_VERSION;
@@ -74,7 +76,25 @@ use writer::{Hooks, Shared, StatCounters, Writer};
 /// The writer's queue: bursts of jobs. `None` once shut down. Senders hold the read lock
 /// while sending, so after `shutdown` takes the write lock no job can slip in behind
 /// the writer's exit.
-type JobSender = Arc<RwLock<Option<Sender<Vec<Job>>>>>;
+type JobSender = Arc<RwLock<Option<Sender<ToWriter>>>>;
+
+/// What the writer thread receives: bursts of write jobs, or a schema change (run
+/// between transactions, after the jobs sent before it).
+pub(crate) enum ToWriter {
+    /// Write jobs, applied in group-commit transactions.
+    Jobs(Vec<Job>),
+    /// A schema change and where its result goes.
+    Schema(SchemaChange, Sender<Result<bool, StoreError>>),
+}
+
+/// A schema change the writer makes on request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SchemaChange {
+    /// Create the index of a JSON field (result: whether it was created).
+    CreateIndex(JsonPath),
+    /// Drop the index of a JSON field (result: whether it existed).
+    DropIndex(JsonPath),
+}
 
 /// A session's outbox of write jobs: jobs are gathered while the session works through
 /// a burst of requests and go to the writer together ([`JobQueue::flush`]), one channel
@@ -134,7 +154,12 @@ fn send_jobs(tx: &JobSender, queued: &AtomicUsize, jobs: Vec<Job>) -> Result<(),
     queued.fetch_add(bytes, Ordering::Relaxed);
     let guard = tx.read().unwrap_or_else(|p| p.into_inner());
     let sent = match guard.as_ref() {
-        Some(tx) => tx.send(jobs).map_err(|e| e.into_inner()),
+        Some(tx) => tx
+            .send(ToWriter::Jobs(jobs))
+            .map_err(|e| match e.into_inner() {
+                ToWriter::Jobs(jobs) => jobs,
+                ToWriter::Schema(..) => unreachable!("sent jobs"),
+            }),
         None => Err(jobs),
     };
     if sent.is_err() {
@@ -427,6 +452,32 @@ impl Store {
             schema::open_reader(&self.db_path)?,
             Arc::clone(&self.shared.cache),
         ))
+    }
+
+    /// Creates an index on the JSON field at `path` (see [`JsonPath`]) over the live
+    /// records, so that [`Reader::list`] filters and queries on that field need not read
+    /// every record. Runs on the writer between transactions (building it over many
+    /// records takes a while; writes queued meanwhile wait). Returns whether it was
+    /// created (false: it existed). The index is part of the database: it survives
+    /// restarts and is kept up to date by every write.
+    pub fn create_index(&self, path: &JsonPath) -> Result<bool, StoreError> {
+        self.schema_change(SchemaChange::CreateIndex(path.clone()))
+    }
+
+    /// Drops the index on the JSON field at `path`; returns whether it existed.
+    pub fn drop_index(&self, path: &JsonPath) -> Result<bool, StoreError> {
+        self.schema_change(SchemaChange::DropIndex(path.clone()))
+    }
+
+    fn schema_change(&self, change: SchemaChange) -> Result<bool, StoreError> {
+        let (done, rx) = crossbeam_channel::bounded(1);
+        {
+            let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or(StoreError::Closed)?;
+            tx.send(ToWriter::Schema(change, done))
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Open a read-only SQLite connection for queries, whose `records` view shows the

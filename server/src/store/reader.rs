@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::cache::ReadCache;
 use super::error::StoreError;
+use super::fields::{FieldFilter, INDEX_PREFIX};
 use super::{Record, ValueKind, Version};
 
 /// The columns `row_to_record` decodes, in its order.
@@ -58,12 +59,16 @@ impl Reader {
     /// `limit` of them. The flag is true if more such records follow the last one
     /// returned, so the next page is `list(prefix, Some(last_key), limit)`.
     ///
-    /// This is an index range scan `key >= prefix AND key < successor(prefix)`.
+    /// This is an index range scan `key >= prefix AND key < successor(prefix)`. With a
+    /// `filter`, only JSON records whose field equals the filter's value count; an index
+    /// on that field ([`super::Store::create_index`]) lets SQLite find them without
+    /// reading every record in the range.
     pub fn list(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,
         limit: u32,
+        filter: Option<&FieldFilter>,
     ) -> Result<(Vec<Record>, bool), StoreError> {
         // One lower bound, so SQLite seeks straight to it: the tighter of the two.
         let (lower, exclusive) = match start_after {
@@ -72,17 +77,28 @@ impl Reader {
         };
         let upper = prefix_successor(prefix);
         let lower_op = if exclusive { ">" } else { ">=" };
-        let upper_clause = if upper.is_some() { "AND key < ?3" } else { "" };
+        let fetch = i64::from(limit) + 1;
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&lower, &fetch];
+        let upper_clause = match &upper {
+            Some(up) => {
+                params.push(up);
+                format!("AND key < ?{}", params.len())
+            }
+            None => String::new(),
+        };
+        let filter_clause = match filter {
+            Some(f) => {
+                params.push(f);
+                format!("AND {} = ?{}", f.path().expr(), params.len())
+            }
+            None => String::new(),
+        };
         let sql = format!(
             "SELECT {COLS} FROM records WHERE key {lower_op} ?1 {upper_clause} \
-             AND deleted = 0 ORDER BY key LIMIT ?2"
+             {filter_clause} AND deleted = 0 ORDER BY key LIMIT ?2"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let fetch = i64::from(limit) + 1;
-        let mut rows = match &upper {
-            Some(up) => stmt.query(rusqlite::params![lower, fetch, up])?,
-            None => stmt.query(rusqlite::params![lower, fetch])?,
-        };
+        let mut rows = stmt.query(params.as_slice())?;
         let mut out = Vec::with_capacity((limit as usize).min(1024));
         let mut more = false;
         while let Some(row) = rows.next()? {
@@ -93,6 +109,19 @@ impl Reader {
             out.push(row_to_record(row)?);
         }
         Ok((out, more))
+    }
+
+    /// The JSON paths that have an index ([`super::Store::create_index`]), in order.
+    pub fn indexes(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT substr(name, ?1) FROM sqlite_master
+             WHERE type = 'index' AND substr(name, 1, ?2) = ?3 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![INDEX_PREFIX.len() + 1, INDEX_PREFIX.len(), INDEX_PREFIX],
+            |r| r.get(0),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Number of live records, all of them or those whose key starts with `prefix`.

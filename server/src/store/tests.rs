@@ -79,7 +79,7 @@ impl Drop for WriteBlocker {
 }
 
 fn all_keys(r: &mut Reader) -> Vec<String> {
-    let (recs, more) = r.list("", None, u32::MAX).unwrap();
+    let (recs, more) = r.list("", None, u32::MAX, None).unwrap();
     assert!(!more);
     recs.into_iter().map(|r| r.key).collect()
 }
@@ -591,7 +591,7 @@ fn list_pagination_is_exact() {
     let mut after: Option<String> = None;
     let mut pages = 0;
     loop {
-        let (recs, more) = r.list("item/", after.as_deref(), 37).unwrap();
+        let (recs, more) = r.list("item/", after.as_deref(), 37, None).unwrap();
         pages += 1;
         assert!(recs.len() <= 37);
         if more {
@@ -608,17 +608,19 @@ fn list_pagination_is_exact() {
     assert_eq!(r.count(Some("item/")).unwrap(), keys.len() as u64);
 
     // Whole list at once; limit 0 reports whether anything exists.
-    let (all, more) = r.list("item/", None, 10_000).unwrap();
+    let (all, more) = r.list("item/", None, 10_000, None).unwrap();
     assert!(!more);
     assert_eq!(all.len(), keys.len());
-    let (none, more) = r.list("item/", None, 0).unwrap();
+    let (none, more) = r.list("item/", None, 0, None).unwrap();
     assert!(none.is_empty() && more);
     // start_after before the prefix range starts at the prefix; after it, nothing.
-    let (recs, _) = r.list("item/", Some("a"), 1).unwrap();
+    let (recs, _) = r.list("item/", Some("a"), 1, None).unwrap();
     assert_eq!(recs[0].key, keys[0]);
-    let (recs, more) = r.list("item/", Some("item0"), 5).unwrap();
+    let (recs, more) = r.list("item/", Some("item0"), 5, None).unwrap();
     assert!(recs.is_empty() && !more);
-    let (recs, more) = r.list("item/", Some(keys.last().unwrap()), 5).unwrap();
+    let (recs, more) = r
+        .list("item/", Some(keys.last().unwrap()), 5, None)
+        .unwrap();
     assert!(recs.is_empty() && !more);
 }
 
@@ -696,7 +698,7 @@ fn list_prefix_edge_cases_match_brute_force() {
             .copied()
             .filter(|k| k.starts_with(p))
             .collect();
-        let (recs, more) = r.list(p, None, 1000).unwrap();
+        let (recs, more) = r.list(p, None, 1000, None).unwrap();
         let got: Vec<&str> = recs.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(got, want, "prefix {p:?}");
         assert!(!more);
@@ -706,7 +708,7 @@ fn list_prefix_edge_cases_match_brute_force() {
         let mut paged = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let (recs, more) = r.list(p, after.as_deref(), 1).unwrap();
+            let (recs, more) = r.list(p, after.as_deref(), 1, None).unwrap();
             paged.extend(recs.iter().map(|r| r.key.clone()));
             after = paged.last().cloned();
             if !more {
@@ -716,9 +718,9 @@ fn list_prefix_edge_cases_match_brute_force() {
         assert_eq!(paged, want, "paged prefix {p:?}");
     }
     // Prefix "a" does not include "b".
-    let (recs, _) = r.list("a", None, 100).unwrap();
+    let (recs, _) = r.list("a", None, 100, None).unwrap();
     assert!(recs.iter().all(|r| r.key.starts_with('a')));
-    assert_eq!(r.list("b", None, 100).unwrap().0.len(), 2);
+    assert_eq!(r.list("b", None, 100, None).unwrap().0.len(), 2);
 }
 
 #[test]
@@ -1091,7 +1093,7 @@ fn acknowledged_writes_survive_kill_9() {
     }
     // And the store is still writable with versions above everything recovered.
     let max_seq = r
-        .list("crash/", None, u32::MAX)
+        .list("crash/", None, u32::MAX, None)
         .unwrap()
         .0
         .iter()
@@ -1350,4 +1352,133 @@ fn commit_hooks_see_each_commit_before_its_acknowledgement() {
         assert_eq!(all.iter().filter(|r| r.key.starts_with('t')).count(), 800);
         assert!(all.windows(2).all(|w| w[0].version.seq < w[1].version.seq));
     }
+}
+
+#[test]
+fn json_paths_are_checked() {
+    for ok in ["$.type", "$.stats.hp", "$.tags[0]", "$._a1[12].b", "$[3]"] {
+        assert_eq!(JsonPath::parse(ok).unwrap().as_str(), ok);
+    }
+    for bad in [
+        "", "$", "type", "$.", "$..a", "$.1a", "$.a b", "$.a'", "$[x]", "$[1", "$.a-b", "$.\"q\"",
+        "$[]",
+    ] {
+        let e = JsonPath::parse(bad).unwrap_err();
+        assert!(matches!(e, StoreError::InvalidFilter(_)), "{bad}: {e}");
+    }
+    assert!(JsonPath::parse(&format!("$.{}", "a".repeat(MAX_PATH_LEN))).is_err());
+    for bad in ["{", "null", "[1]", "{\"a\":1}"] {
+        assert!(FieldFilter::parse("$.a", bad).is_err(), "{bad}");
+    }
+}
+
+/// Filtered lists give the same pages with and without an index on the field; the
+/// index is used by list and by the query view, survives a reopen, and drops.
+#[test]
+fn field_filters_and_json_indexes() {
+    let dir = TestDir::new("json-index");
+    let store = open(&dir);
+    let mut ops = Vec::new();
+    for i in 0..300 {
+        let kind = ["enemy", "ally", "item"][i % 3];
+        ops.push(put_json(
+            &format!("e/{i:03}"),
+            &format!(
+                r#"{{"type":"{kind}","hp":{},"alive":{}}}"#,
+                i % 7,
+                i % 2 == 0
+            ),
+        ));
+    }
+    ops.push(put_bytes("e/bytes", b"\x00{\"type\":\"enemy\"}"));
+    ops.push(put_json("e/array", "[1,2]"));
+    store.write(ops).unwrap();
+    store.write(vec![del("e/000")]).unwrap();
+
+    let page_keys = |store: &Store, filter: &FieldFilter| {
+        let mut r = store.reader().unwrap();
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (recs, more) = r.list("e/", after.as_deref(), 17, Some(filter)).unwrap();
+            keys.extend(recs.iter().map(|r| r.key.clone()));
+            match recs.last() {
+                Some(l) if more => after = Some(l.key.clone()),
+                _ => break,
+            }
+        }
+        keys
+    };
+    let enemy = FieldFilter::parse("$.type", r#""enemy""#).unwrap();
+    let hp3 = FieldFilter::parse("$.hp", "3").unwrap();
+    let alive = FieldFilter::parse("$.alive", "true").unwrap();
+    let want_enemy: Vec<String> = (3..300).step_by(3).map(|i| format!("e/{i:03}")).collect();
+    let want_hp3: Vec<String> = (0..300)
+        .filter(|i| i % 7 == 3)
+        .map(|i| format!("e/{i:03}"))
+        .collect();
+    let want_alive: Vec<String> = (2..300).step_by(2).map(|i| format!("e/{i:03}")).collect();
+    let check = |store: &Store| {
+        assert_eq!(
+            page_keys(store, &enemy),
+            want_enemy,
+            "deleted, bytes and arrays excluded"
+        );
+        assert_eq!(page_keys(store, &hp3), want_hp3);
+        assert_eq!(page_keys(store, &alive), want_alive);
+    };
+    check(&store);
+
+    let path = JsonPath::parse("$.type").unwrap();
+    assert!(store.create_index(&path).unwrap());
+    assert!(!store.create_index(&path).unwrap(), "exists already");
+    assert_eq!(store.reader().unwrap().indexes().unwrap(), ["$.type"]);
+    check(&store);
+
+    // The index serves both the filtered list and the query view.
+    let plan = |conn: &rusqlite::Connection, sql: &str| -> String {
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    };
+    let raw = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let list_sql = format!(
+        "SELECT key FROM records WHERE key >= 'e/' AND key < 'e0' AND {} = 'enemy' \
+         AND deleted = 0 ORDER BY key LIMIT 10",
+        path.expr()
+    );
+    assert!(
+        plan(&raw, &list_sql).contains("json:$.type"),
+        "{}",
+        plan(&raw, &list_sql)
+    );
+    let q = store.query_connection().unwrap();
+    let view_sql = "SELECT key FROM records WHERE json_extract(value, '$.type') = 'enemy'";
+    assert!(
+        plan(&q, view_sql).contains("json:$.type"),
+        "{}",
+        plan(&q, view_sql)
+    );
+    drop((raw, q));
+
+    // Writes after the index keep it right; it survives a reopen.
+    store
+        .write(vec![
+            put_json("e/003", r#"{"type":"ally"}"#),
+            put_json("e/999", r#"{"type":"enemy"}"#),
+        ])
+        .unwrap();
+    store.shutdown();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.reader().unwrap().indexes().unwrap(), ["$.type"]);
+    let mut want = want_enemy.clone();
+    want.retain(|k| k != "e/003");
+    want.push("e/999".into());
+    assert_eq!(page_keys(&store, &enemy), want);
+
+    assert!(store.drop_index(&path).unwrap());
+    assert!(!store.drop_index(&path).unwrap());
+    assert!(store.reader().unwrap().indexes().unwrap().is_empty());
+    assert_eq!(page_keys(&store, &enemy), want);
 }

@@ -11,7 +11,9 @@ use super::clock::{now_ms, Hlc};
 use super::error::StoreError;
 use super::hook::{Commit, CommitHook};
 use super::schema::{META_HLC, META_SEQ};
-use super::{Job, ReplicaId, StoreStats, ValueKind, Version, WriteOp, WriteOutcome};
+use super::{
+    Job, ReplicaId, SchemaChange, StoreStats, ToWriter, ValueKind, Version, WriteOp, WriteOutcome,
+};
 
 /// At most this many jobs go into one transaction.
 pub const MAX_JOBS_PER_TXN: usize = 1024;
@@ -102,7 +104,7 @@ pub struct Writer {
     conn: Connection,
     /// Database path, for the checkpointer's own connection.
     db_path: std::path::PathBuf,
-    rx: Receiver<Vec<Job>>,
+    rx: Receiver<ToWriter>,
     shared: Arc<Shared>,
     /// Last local sequence number used (committed or inside the open transaction).
     seq: u64,
@@ -115,7 +117,7 @@ impl Writer {
     pub fn new(
         conn: Connection,
         db_path: std::path::PathBuf,
-        rx: Receiver<Vec<Job>>,
+        rx: Receiver<ToWriter>,
         shared: Arc<Shared>,
         seq: u64,
         hlc_high: u64,
@@ -159,10 +161,16 @@ impl Writer {
         }
         // Jobs received but not yet applied (a burst can overflow a transaction).
         let mut queued: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        // A schema change received behind queued jobs: made once they are applied.
+        let mut schema = None;
         loop {
             if queued.is_empty() {
                 match self.rx.recv() {
-                    Ok(jobs) => queued.extend(jobs),
+                    Ok(ToWriter::Jobs(jobs)) => queued.extend(jobs),
+                    Ok(ToWriter::Schema(change, done)) => {
+                        let _ = done.send(self.change_schema(&change));
+                        continue;
+                    }
                     Err(_) => break,
                 }
             }
@@ -174,15 +182,21 @@ impl Writer {
                     bytes += job.bytes;
                     batch.push(job);
                 }
-                if !queued.is_empty() {
+                if !queued.is_empty() || schema.is_some() {
                     break;
                 }
                 match self.rx.try_recv() {
-                    Ok(jobs) => queued.extend(jobs),
+                    Ok(ToWriter::Jobs(jobs)) => queued.extend(jobs),
+                    Ok(ToWriter::Schema(change, done)) => schema = Some((change, done)),
                     Err(_) => break,
                 }
             }
             self.apply_batch(batch, bytes);
+            if queued.is_empty() {
+                if let Some((change, done)) = schema.take() {
+                    let _ = done.send(self.change_schema(&change));
+                }
+            }
             let _ = nudge.try_send(());
             commits += 1;
             if commits.is_multiple_of(256) && wal_len(&self.db_path) > WAL_HARD_LIMIT {
@@ -203,6 +217,50 @@ impl Writer {
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         self.shared.hub.close_all();
+    }
+
+    /// Makes a schema change in its own transaction; `Ok(changed)`.
+    fn change_schema(&mut self, change: &SchemaChange) -> Result<bool, StoreError> {
+        let (sql, path) = match change {
+            SchemaChange::CreateIndex(path) => (
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON records({}) WHERE deleted = 0",
+                    path.index_name(),
+                    path.expr()
+                ),
+                path,
+            ),
+            SchemaChange::DropIndex(path) => {
+                (format!("DROP INDEX IF EXISTS {}", path.index_name()), path)
+            }
+        };
+        let exists = |conn: &Connection| -> rusqlite::Result<bool> {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [format!("{}{}", super::fields::INDEX_PREFIX, path.as_str())],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        };
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let before = exists(&self.conn)?;
+            self.conn.execute_batch(&sql)?;
+            let after = exists(&self.conn)?;
+            Ok::<_, rusqlite::Error>(before != after)
+        })();
+        match result {
+            Ok(changed) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(changed)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Applies `batch` (jobs carrying `bytes` key+value bytes in all) in one transaction
