@@ -29,7 +29,7 @@ pub use records::{ListPage, ValueView, MAX_KEY_LEN};
 pub use ringbase_protocol::handshake::WaitMode;
 pub use ringbase_protocol::layout::RingSizes;
 pub use ringbase_protocol::message::{
-    BatchOp, ErrorCode, FieldFilter, QueryRows, Record, Request, Response, SqlValue, StatusInfo,
-    ValueKind, Version,
+    BatchOp, ErrorCode, FieldFilter, QueryRows, Record, Request, Response, SearchHit, SqlValue,
+    StatusInfo, ValueKind, Version,
 };
 pub use spawn::SpawnOptions;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ringbase_protocol::message::{QueryRows, Request, Response, SqlValue};
+use ringbase_protocol::message::{QueryRows, Request, Response, SearchHit, SqlValue};
 
 use crate::client::Client;
 use crate::error::Result;
@@ -52,6 +52,40 @@ impl Client {
     /// [`crate::Error::Disconnected`].
     pub fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<QueryRows> {
         self.query_with(sql, params, QueryOptions::default())
+    }
+
+    /// Full-text search: the live JSON records whose string values (at any depth; not
+    /// member names) contain every word of `text`, best first, at most `limit` (0: the
+    /// server's default, 20; at most 1000). Words match whole, ignoring case and
+    /// diacritics; no character of `text` is query syntax. Each hit has the key, a
+    /// relevance score (higher is better: FTS5's bm25, negated) and a snippet with the
+    /// matched words in `[` `]`. The search sees this session's earlier writes.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Server`] with [`crate::ErrorCode::Unsupported`] while the
+    /// full-text index is off ([`Client::set_fulltext`]),
+    /// [`crate::ErrorCode::InvalidQuery`] for a text without words;
+    /// [`crate::Error::Disconnected`].
+    pub fn search(&mut self, text: &str, limit: u32) -> Result<Vec<SearchHit>> {
+        match self.call(&Request::Search {
+            text: text.to_string(),
+            limit,
+        })? {
+            Response::Hits(hits) => Ok(hits),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Turns the server's full-text index on or off; returns whether that changed
+    /// anything. Off by default: while on, each write also updates the index (in the
+    /// same transaction), which costs write throughput. Turning it on indexes every
+    /// stored record first (writes wait meanwhile). The setting persists.
+    pub fn set_fulltext(&mut self, on: bool) -> Result<bool> {
+        match self.call(&Request::SetFulltext { enabled: on })? {
+            Response::Done(changed) => Ok(changed),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// [`Client::query`] with explicit limits.

@@ -282,6 +282,15 @@ typedef struct ringbase_batch ringbase_batch;
 typedef struct ringbase_client ringbase_client;
 
 /**
+ * The hits of a full-text search (opaque), made by `ringbase_search` and freed by
+ * `ringbase_hits_free`; owned by the caller.
+ *
+ * It holds every hit, independent of the client it came from. Not thread-safe: use it
+ * from one thread at a time.
+ */
+typedef struct ringbase_hits ringbase_hits;
+
+/**
  * An iterator over live records in key order (opaque), made by `ringbase_list_begin`
  * and freed by `ringbase_list_free`; owned by the caller.
  *
@@ -1230,6 +1239,95 @@ int ringbase_index_drop(struct ringbase_client *c,
                         const char *path,
                         size_t path_len,
                         int *existed);
+
+/**
+ * Full-text search on `c`'s server: the live JSON records whose string values (at
+ * any depth; not member names) contain every word of `text` (`text_len` bytes of
+ * UTF-8; words match whole, ignoring case and diacritics; no character is query
+ * syntax), best first, at most `limit` (0 = the server's default, 20; at most 1000).
+ * The search sees every write made earlier on `c`.
+ *
+ * Ownership: on success `*out` is a new result owned by the caller (walk it with
+ * `ringbase_hits_next`, free it with `ringbase_hits_free`). On failure `*out` is NULL.
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c`, `text` or `out` NULL, `text` not UTF-8),
+ * `RINGBASE_E_UNSUPPORTED` (the full-text index is off: see `ringbase_fulltext`),
+ * `RINGBASE_E_INVALID_QUERY` (`text` has no words), `RINGBASE_E_STORAGE`,
+ * `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `text` points at `text_len` readable bytes; `out` is
+ * NULL or writable.
+ */
+int ringbase_search(struct ringbase_client *c,
+                    const char *text,
+                    size_t text_len,
+                    uint32_t limit,
+                    struct ringbase_hits **out);
+
+/**
+ * The number of hits in `hits` (0 if NULL). Threads: any, one at a time per `hits`.
+ *
+ * # Safety
+ *
+ * `hits` is NULL or a live result.
+ */
+size_t ringbase_hits_count(const struct ringbase_hits *hits);
+
+/**
+ * The next hit, best first: `*key` (`*key_len` bytes, NUL-terminated), `*score`
+ * (relevance, higher is better) and, if `snippet` is not NULL, `*snippet`
+ * (`*snippet_len` bytes if that is not NULL, NUL-terminated; matched words in `[`
+ * `]`). The strings belong to `hits` and stay valid until `ringbase_hits_free`.
+ *
+ * Errors: `RINGBASE_E_NOT_FOUND` after the last hit (calling again returns it
+ * again), `RINGBASE_E_INVALID` (`hits`, `key`, `key_len` or `score` NULL).
+ *
+ * Threads: any, one at a time per `hits`.
+ *
+ * # Safety
+ *
+ * `hits` is NULL or a live result; the out-pointers are NULL or writable.
+ */
+int ringbase_hits_next(struct ringbase_hits *hits,
+                       const char **key,
+                       size_t *key_len,
+                       double *score,
+                       const char **snippet,
+                       size_t *snippet_len);
+
+/**
+ * Frees `hits` and every string it holds. NULL is a no-op. Threads: any, one at a
+ * time per `hits`.
+ *
+ * # Safety
+ *
+ * `hits` is NULL or a live result, not used again after this call.
+ */
+void ringbase_hits_free(struct ringbase_hits *hits);
+
+/**
+ * Turns the full-text index of `c`'s server on (`on` != 0) or off. Off by default;
+ * while on, every write also updates the index, which costs write throughput; turning
+ * it on indexes every stored record first (the server's writes wait meanwhile). The
+ * setting persists. `*changed` (if `changed` is not NULL) is 1 if this turned it on or
+ * off, 0 if it already was.
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c` NULL), `RINGBASE_E_STORAGE`,
+ * `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `changed` is NULL or writable.
+ */
+int ringbase_fulltext(struct ringbase_client *c,
+                      int on,
+                      int *changed);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -35,6 +35,7 @@ mod batch;
 mod list;
 mod pipeline;
 mod query;
+mod search;
 
 pub use batch::*;
 pub use error::*;
@@ -43,6 +44,7 @@ pub use kv::*;
 pub use list::*;
 pub use pipeline::*;
 pub use query::*;
+pub use search::*;
 
 /// Value kind: UTF-8 JSON text, validated by the server on put.
 pub const RINGBASE_JSON: c_int = 1;

@@ -124,6 +124,18 @@ pub struct FieldFilter {
     pub value: String,
 }
 
+/// One result of a full-text search ([`Response::Hits`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct SearchHit {
+    /// The record's key.
+    pub key: String,
+    /// Relevance: SQLite FTS5's bm25, negated so that higher is better.
+    pub score: f64,
+    /// The text around the matches, matched terms in `[` `]`.
+    pub snippet: String,
+}
+
 /// A client request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
@@ -196,6 +208,19 @@ pub enum Request {
         /// the JSON path
         path: String,
     },
+    /// Turns the full-text index on (building it over the stored records) or off
+    /// ([`Response::Done`]: whether that changed anything).
+    SetFulltext {
+        /// on or off
+        enabled: bool,
+    },
+    /// Full-text search over the string leaves of JSON values ([`Response::Hits`]).
+    Search {
+        /// words to find (all of them), plain text
+        text: String,
+        /// at most this many hits (0: the server's default)
+        limit: u32,
+    },
 }
 
 /// A stored record as returned by reads.
@@ -252,6 +277,8 @@ pub struct StatusInfo {
     pub write_jobs: u64,
     /// JSON paths with an index (`CreateIndex`), in path order.
     pub indexes: Vec<String>,
+    /// Whether the full-text index is on (`SetFulltext`).
+    pub fulltext: bool,
 }
 
 /// Stable error codes carried by [`Response::Error`].
@@ -334,8 +361,10 @@ pub enum Response {
     Status(StatusInfo),
     /// Answer to Query.
     Rows(QueryRows),
-    /// Answer to CreateIndex and DropIndex: whether anything changed.
+    /// Answer to CreateIndex, DropIndex and SetFulltext: whether anything changed.
     Done(bool),
+    /// Answer to Search: the best hits first.
+    Hits(Vec<SearchHit>),
     /// The request failed; nothing was changed.
     Error {
         /// an [`ErrorCode`] value
@@ -449,6 +478,8 @@ mod tests {
                     filter: filter.map(|(path, value)| FieldFilter { path, value }),
                 }),
             ".{0,20}".prop_map(|path| Request::CreateIndex { path }),
+            any::<bool>().prop_map(|enabled| Request::SetFulltext { enabled }),
+            (".{0,20}", any::<u32>()).prop_map(|(text, limit)| Request::Search { text, limit }),
             ".{0,20}".prop_map(|path| Request::DropIndex { path }),
             proptest::collection::vec(
                 prop_oneof![

@@ -189,6 +189,34 @@ pub fn index_drop(name: &str, path: &str) -> ExitCode {
     })
 }
 
+/// `ringbase search TEXT [--limit N]`: one JSON object per hit.
+pub fn search(name: &str, text: &str, limit: u32) -> ExitCode {
+    with_client(name, |c| match c.search(text, limit) {
+        Ok(hits) => {
+            let mut out = std::io::stdout().lock();
+            for h in hits {
+                let line = json!({ "key": h.key, "score": h.score, "snippet": h.snippet });
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    })
+}
+
+/// `ringbase fulltext on|off`
+pub fn fulltext(name: &str, on: bool) -> ExitCode {
+    with_client(name, |c| match c.set_fulltext(on) {
+        Ok(changed) => {
+            println!("{}", json!({ "fulltext": on, "changed": changed }));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    })
+}
+
 /// `ringbase index list`: one path per line.
 pub fn index_list(name: &str) -> ExitCode {
     with_client(name, |c| match c.status() {
@@ -219,6 +247,7 @@ pub fn status(name: &str) -> ExitCode {
                 "commits": s.commits,
                 "write_jobs": s.write_jobs,
                 "indexes": s.indexes,
+                "fulltext": s.fulltext,
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             ExitCode::SUCCESS

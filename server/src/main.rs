@@ -106,6 +106,27 @@ enum Cmd {
         #[arg(long = "where", value_name = "PATH = JSON")]
         filter: Option<String>,
     },
+    /// Full-text search over the string values of JSON records; one JSON object per hit
+    /// (key, score, snippet), best first.
+    Search {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Words to find (all of them).
+        text: String,
+        /// At most this many hits [default: the server's, 20].
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Turn the full-text index on or off (off by default; on costs write throughput).
+    Fulltext {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// on or off
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Manage indexes on JSON fields.
     Index {
         /// Server name.
@@ -167,6 +188,8 @@ fn main() -> ExitCode {
             limit,
             filter,
         } => cli::list(&name, &prefix, limit, filter.as_deref()),
+        Cmd::Search { name, text, limit } => cli::search(&name, &text, limit.unwrap_or(0)),
+        Cmd::Fulltext { name, state } => cli::fulltext(&name, state == "on"),
         Cmd::Index { name, cmd } => match cmd {
             IndexCmd::Create { path } => cli::index_create(&name, &path),
             IndexCmd::Drop { path } => cli::index_drop(&name, &path),

@@ -545,3 +545,74 @@ fn list_where_filters_on_a_json_field_with_or_without_an_index() {
     assert_eq!(cli(&["index", "list"]).1, "$.type\n");
     assert_eq!(cli(&["list", "--where", "nonsense"]).0, Some(2));
 }
+
+#[test]
+fn fulltext_search_follows_writes_at_once_in_bm25_order() {
+    let (rt, srv) = server("q-fts");
+    let mut c = srv.connect();
+    c.put_json(
+        "m:1",
+        r#"{"name":"Cave troll","lore":"lives under the bridge"}"#,
+    )
+    .unwrap();
+    let (code, msg) = code_of(c.search("troll", 0));
+    assert_eq!(code, ErrorCode::Unsupported);
+    assert!(msg.contains("fulltext"), "{msg}");
+    assert!(c.set_fulltext(true).unwrap());
+    assert!(c.status().unwrap().fulltext);
+    let keys = |c: &mut Client, text: &str| -> Vec<String> {
+        c.search(text, 0)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.key)
+            .collect()
+    };
+    assert_eq!(
+        keys(&mut c, "troll"),
+        ["m:1"],
+        "existing records were indexed"
+    );
+    // bm25: more (and denser) matches rank higher; scores are best first.
+    c.put_json("m:2", r#"{"lore":"troll troll troll"}"#)
+        .unwrap();
+    c.put_json(
+        "m:3",
+        r#"{"lore":["a long tale", "of many things", "and one troll"]}"#,
+    )
+    .unwrap();
+    let hits = c.search("troll", 0).unwrap();
+    assert_eq!(hits[0].key, "m:2");
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    assert_eq!(hits.len(), 3);
+    assert!(hits[0].snippet.contains("[troll]"), "{}", hits[0].snippet);
+    // Another client's writes and deletes show at once.
+    let mut other = srv.connect();
+    other.delete("m:2").unwrap();
+    other
+        .put_json("m:1", r#"{"name":"Bridge keeper"}"#)
+        .unwrap();
+    assert_eq!(keys(&mut c, "troll"), ["m:3"]);
+    assert_eq!(keys(&mut c, "bridge keeper"), ["m:1"]);
+    assert_eq!(c.search("troll", 1).unwrap().len(), 1);
+
+    // The CLI.
+    let run = rt.path().join("run");
+    let out = std::process::Command::new(ringbase_bin())
+        .args(["search", "tale troll", "--name", "q-fts"])
+        .env("RINGBASE_RUNTIME_DIR", &run)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(line["key"], "m:3");
+    assert!(line["score"].as_f64().unwrap() > 0.0);
+    let out = std::process::Command::new(ringbase_bin())
+        .args(["fulltext", "off", "--name", "q-fts"])
+        .env("RINGBASE_RUNTIME_DIR", &run)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!c.status().unwrap().fulltext);
+    assert_eq!(code_of(c.search("troll", 0)).0, ErrorCode::Unsupported);
+}

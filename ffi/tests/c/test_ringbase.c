@@ -155,6 +155,12 @@ static void test_null_handles(void) {
     CHECK(ringbase_rows_column_name(NULL, 0) == NULL && ringbase_rows_truncated(NULL) == 0);
     CHECK_RC(ringbase_index_create(NULL, K("$.a"), NULL), RINGBASE_E_INVALID);
     CHECK_RC(ringbase_index_drop(NULL, K("$.a"), NULL), RINGBASE_E_INVALID);
+    ringbase_hits *hits = NULL;
+    CHECK_RC(ringbase_search(NULL, K("x"), 0, &hits), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_fulltext(NULL, 1, NULL), RINGBASE_E_INVALID);
+    CHECK(ringbase_hits_count(NULL) == 0);
+    CHECK_RC(ringbase_hits_next(NULL, &ck, &n, NULL, NULL, NULL), RINGBASE_E_INVALID);
+    ringbase_hits_free(NULL);
 }
 
 static void test_connect_errors(const char *server_bin) {
@@ -567,6 +573,38 @@ static void test_query(ringbase_client *c) {
     CHECK_RC(ringbase_list_next(badit, &bk, &bkl, &bv, &bvl, NULL), RINGBASE_E_INVALID_QUERY);
     ringbase_list_free(badit);
     CHECK_RC(ringbase_list_where(NULL, K("$.a"), K("1")), RINGBASE_E_INVALID);
+
+    /* Full-text search: off by default, on builds it over the stored records. */
+    ringbase_hits *hits = (ringbase_hits *)&hits;
+    CHECK_RC(ringbase_search(c, K("enemy"), 0, &hits), RINGBASE_E_UNSUPPORTED);
+    CHECK(hits == NULL);
+    CHECK_RC(ringbase_fulltext(c, 1, &changed), RINGBASE_OK);
+    CHECK(changed == 1);
+    CHECK_RC(ringbase_put(c, K("q:3"), K("{\"lore\":\"an enemy of enemies, the enemy\"}"),
+                          RINGBASE_JSON),
+             RINGBASE_OK);
+    CHECK_RC(ringbase_search(c, K("ENEMY"), 0, &hits), RINGBASE_OK);
+    CHECK(ringbase_hits_count(hits) == 2);
+    const char *hk = NULL, *snip = NULL;
+    size_t hklen = 0, snlen = 0;
+    double score = 0, prev = 1e300;
+    int order_ok = 1;
+    while (ringbase_hits_next(hits, &hk, &hklen, &score, &snip, &snlen) == RINGBASE_OK) {
+        if (score > prev) order_ok = 0;
+        prev = score;
+        CHECK(strlen(hk) == hklen && strlen(snip) == snlen && strstr(snip, "[") != NULL);
+    }
+    CHECK(order_ok);
+    CHECK_RC(ringbase_hits_next(hits, &hk, &hklen, &score, NULL, NULL), RINGBASE_E_NOT_FOUND);
+    CHECK_RC(ringbase_hits_next(hits, NULL, &hklen, &score, NULL, NULL), RINGBASE_E_INVALID);
+    ringbase_hits_free(hits);
+    CHECK_RC(ringbase_delete(c, K("q:3")), RINGBASE_OK);
+    CHECK_RC(ringbase_search(c, K("enemies"), 0, &hits), RINGBASE_OK);
+    CHECK(ringbase_hits_count(hits) == 0);
+    ringbase_hits_free(hits);
+    CHECK_RC(ringbase_search(c, K("  "), 0, &hits), RINGBASE_E_INVALID_QUERY);
+    CHECK_RC(ringbase_search(c, NULL, 1, 0, &hits), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_fulltext(c, 0, NULL), RINGBASE_OK);
 }
 
 static void test_pipeline(ringbase_client *c) {

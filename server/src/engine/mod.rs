@@ -10,7 +10,8 @@
 //! | Status | `status` |
 //! | Get, Count, List | `records`: the client's own SQLite read connection, so reads never queue behind the writer |
 //! | Put, Delete, Batch | `writes`: queued for the store's group-commit writer, answered when their transaction has committed |
-//! | CreateIndex, DropIndex | `indexes`: JSON-field indexes, made by the writer between transactions |
+//! | CreateIndex, DropIndex, SetFulltext | `indexes`: JSON-field indexes and the full-text index, made by the writer between transactions |
+//! | Search | `records`: full-text search on the client's read connection |
 //! | Query | `queries`: read-only SQL on the client's own query connection ([`crate::query`]) |
 //!
 //! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
@@ -168,6 +169,12 @@ impl Engine {
             ArchivedRequest::DropIndex { path } => {
                 indexes::drop(&self.store, path.as_str()).map(Reply::Now)
             }
+            ArchivedRequest::SetFulltext { enabled } => {
+                indexes::set_fulltext(&self.store, *enabled).map(Reply::Now)
+            }
+            ArchivedRequest::Search { text, limit } => {
+                records::search(c, text.as_str(), limit.to_native()).map(Reply::Now)
+            }
             ArchivedRequest::Query {
                 sql,
                 params,
@@ -247,6 +254,7 @@ fn store_error(e: &StoreError) -> Response {
         StoreError::Closed => ErrorCode::ShuttingDown,
         StoreError::InvalidKind(_) => ErrorCode::BadRequest,
         StoreError::InvalidFilter(_) => ErrorCode::InvalidQuery,
+        StoreError::FulltextOff => ErrorCode::Unsupported,
         _ => ErrorCode::Storage,
     };
     Response::error(code, e.to_string())

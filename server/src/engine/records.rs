@@ -58,6 +58,27 @@ pub(super) fn list(
     Ok(Response::List { records: out, more })
 }
 
+/// Search: full-text hits, best first.
+pub(super) fn search(c: &mut ClientState, text: &str, limit: u32) -> Result<Response, StoreError> {
+    let hits = c.reader.search(text, limit)?;
+    // Keep the response within the client's frame: drop the worst hits if need be.
+    let budget = c.max_payload.saturating_sub(256);
+    let mut used = 0u64;
+    let mut out = Vec::with_capacity(hits.len());
+    for (key, score, snippet) in hits {
+        used += (key.len() + snippet.len()) as u64 + 48;
+        if used > budget {
+            break;
+        }
+        out.push(message::SearchHit {
+            key,
+            score,
+            snippet,
+        });
+    }
+    Ok(Response::Hits(out))
+}
+
 fn to_wire(r: store::Record) -> message::Record {
     message::Record {
         key: r.key,

@@ -22,5 +22,6 @@ pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, S
         commits: stats.transactions,
         write_jobs: stats.jobs,
         indexes: c.reader.indexes()?,
+        fulltext: c.reader.fulltext_on()?,
     }))
 }

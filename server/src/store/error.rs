@@ -16,7 +16,8 @@
 /// | 7    | `SchemaTooNew`   | the database was written by a newer Ringbase              |
 /// | 8    | `Io`             | a filesystem error outside SQLite (creating the data dir) |
 /// | 9    | `InvalidKind`    | an unknown value-kind tag                                 |
-/// | 10   | `InvalidFilter`  | a JSON path or filter value that cannot be used           |
+/// | 10   | `InvalidFilter`  | a JSON path, filter value or search text that cannot be used |
+/// | 11   | `FulltextOff`    | a full-text search while the full-text index is off       |
 #[non_exhaustive]
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -64,6 +65,9 @@ pub enum StoreError {
     /// value that is not a JSON string, number or boolean.
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
+    /// A full-text search while the full-text index is off.
+    #[error("full-text search is off: turn it on first (Client::set_fulltext(true), ringbase_fulltext, or `ringbase fulltext on`)")]
+    FulltextOff,
 }
 
 impl StoreError {
@@ -80,6 +84,7 @@ impl StoreError {
             StoreError::Io(_) => 8,
             StoreError::InvalidKind(_) => 9,
             StoreError::InvalidFilter(_) => 10,
+            StoreError::FulltextOff => 11,
         }
     }
 }

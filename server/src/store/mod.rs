@@ -43,6 +43,7 @@ mod changes;
 mod clock;
 mod error;
 mod fields;
+mod fulltext;
 mod hook;
 mod reader;
 mod schema;
@@ -66,6 +67,7 @@ pub use changes::{
 pub use clock::MAX_HLC;
 pub use error::StoreError;
 pub use fields::{FieldFilter, JsonPath, MAX_PATH_LEN};
+pub use fulltext::{DEFAULT_HITS, MAX_HITS};
 pub use hook::{Change, Commit, CommitHook};
 pub use reader::{prefix_successor, Reader};
 pub use schema::SCHEMA_VERSION;
@@ -94,6 +96,8 @@ pub(crate) enum SchemaChange {
     CreateIndex(JsonPath),
     /// Drop the index of a JSON field (result: whether it existed).
     DropIndex(JsonPath),
+    /// Turn the full-text index on or off (result: whether that changed anything).
+    SetFulltext(bool),
 }
 
 /// A session's outbox of write jobs: jobs are gathered while the session works through
@@ -467,6 +471,14 @@ impl Store {
     /// Drops the index on the JSON field at `path`; returns whether it existed.
     pub fn drop_index(&self, path: &JsonPath) -> Result<bool, StoreError> {
         self.schema_change(SchemaChange::DropIndex(path.clone()))
+    }
+
+    /// Turns the full-text index ([`Reader::search`]) on, building it over the stored
+    /// records in one transaction on the writer (writes queued meanwhile wait), or off,
+    /// dropping it. While on, every write updates it in its own transaction. Returns
+    /// whether anything changed. The setting is part of the database.
+    pub fn set_fulltext(&self, on: bool) -> Result<bool, StoreError> {
+        self.schema_change(SchemaChange::SetFulltext(on))
     }
 
     fn schema_change(&self, change: SchemaChange) -> Result<bool, StoreError> {

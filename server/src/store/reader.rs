@@ -111,6 +111,37 @@ impl Reader {
         Ok((out, more))
     }
 
+    /// Whether the full-text index is on ([`super::Store::set_fulltext`]).
+    pub fn fulltext_on(&mut self) -> Result<bool, StoreError> {
+        Ok(super::fulltext::is_on(&self.conn)?)
+    }
+
+    /// Full-text search: the live JSON records whose string leaves contain every word
+    /// of `text` (case- and diacritics-insensitive; words are matched whole, and no
+    /// character of `text` is query syntax), best first, at most `limit` (clamped to
+    /// 1..=[`super::MAX_HITS`]; 0 means [`super::DEFAULT_HITS`]). Each hit: the key,
+    /// the relevance (FTS5's bm25, negated: higher is better) and a snippet with the
+    /// matched words in `[` `]`.
+    pub fn search(
+        &mut self,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, f64, String)>, StoreError> {
+        let expr = super::fulltext::match_expr(text)?;
+        if !self.fulltext_on()? {
+            return Err(StoreError::FulltextOff);
+        }
+        let limit = match limit {
+            0 => super::DEFAULT_HITS,
+            n => n.min(super::MAX_HITS),
+        };
+        let mut stmt = self.conn.prepare_cached(super::fulltext::SEARCH)?;
+        let rows = stmt.query_map(rusqlite::params![expr, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The JSON paths that have an index ([`super::Store::create_index`]), in order.
     pub fn indexes(&mut self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(

@@ -138,9 +138,24 @@ pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
 /// a `deleted = 0` term of the WHERE clause into other terms (so `deleted = 0` inside
 /// the CASE would fold to true) and may evaluate them first. A live JSON value is
 /// never empty (it parsed as JSON), and `length` of a blob reads no content.
+///
+/// `json_value_expr!()` names the columns bare (as an index expression must);
+/// `json_value_expr!("r.")` qualifies them, for places where a bare `value` would mean
+/// another table's column (inside `json_tree(...)`, whose own column is `value`).
 macro_rules! json_value_expr {
     () => {
-        "CASE WHEN kind = 1 AND length(value) > 0 THEN CAST(value AS TEXT) END"
+        $crate::store::schema::json_value_expr!("")
+    };
+    ($t:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $t,
+            "kind = 1 AND length(",
+            $t,
+            "value) > 0 THEN CAST(",
+            $t,
+            "value AS TEXT) END"
+        )
     };
 }
 pub(super) use json_value_expr;

@@ -1482,3 +1482,100 @@ fn field_filters_and_json_indexes() {
     assert!(store.reader().unwrap().indexes().unwrap().is_empty());
     assert_eq!(page_keys(&store, &enemy), want);
 }
+
+/// The full-text index: built over stored records when turned on, kept in step with
+/// every write (in the write's own transaction), bm25 order, snippets, and off again.
+#[test]
+fn fulltext_follows_writes_and_deletes() {
+    let dir = TestDir::new("fulltext");
+    let store = open(&dir);
+    store
+        .write(vec![
+            put_json("a", r#"{"name":"Red Dragon","lore":"a dragon of fire"}"#),
+            put_json(
+                "b",
+                r#"{"name":"Blue slime","tags":["small","dragon-food"]}"#,
+            ),
+            put_json("c", r#"{"hp":3}"#),
+            put_bytes("d", b"dragon dragon dragon"),
+        ])
+        .unwrap();
+    store
+        .write(vec![put_json("gone", r#""dragon""#), del("gone")])
+        .unwrap();
+    let keys = |store: &Store, text: &str| -> Vec<String> {
+        let mut r = store.reader().unwrap();
+        r.search(text, 0)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.0)
+            .collect()
+    };
+    assert_eq!(
+        store.reader().unwrap().search("dragon", 0).unwrap_err(),
+        StoreError::FulltextOff
+    );
+    assert!(store.set_fulltext(true).unwrap());
+    assert!(!store.set_fulltext(true).unwrap());
+    assert!(store.reader().unwrap().fulltext_on().unwrap());
+    // Backfilled: JSON string leaves only, best match first (two hits in "a").
+    assert_eq!(keys(&store, "dragon"), ["a", "b"]);
+    assert_eq!(keys(&store, "DRAGON fire"), ["a"], "all words, any case");
+    assert!(keys(&store, "hp").is_empty(), "member names are not text");
+    let hits = store.reader().unwrap().search("fire", 0).unwrap();
+    assert!(hits[0].1 > 0.0);
+    assert!(hits[0].2.contains("[fire]"), "{}", hits[0].2);
+    // Query syntax is plain text: quotes and operators are just characters.
+    assert!(keys(&store, "\"dragon OR NEAR(").is_empty());
+    assert!(store.reader().unwrap().search("   ", 0).is_err());
+
+    // Writes show at once: put, overwrite, bytes over JSON, delete.
+    store
+        .write(vec![put_json("e", r#"{"note":"the dragon sleeps"}"#)])
+        .unwrap();
+    assert_eq!(keys(&store, "sleeps"), ["e"]);
+    store
+        .write(vec![put_json("e", r#"{"note":"awake now"}"#)])
+        .unwrap();
+    assert!(keys(&store, "sleeps").is_empty());
+    assert_eq!(keys(&store, "awake"), ["e"]);
+    store.write(vec![put_bytes("e", b"awake")]).unwrap();
+    assert!(keys(&store, "awake").is_empty());
+    store.write(vec![del("a")]).unwrap();
+    assert_eq!(keys(&store, "dragon"), ["b"]);
+
+    // A failing job leaves no trace in the index (its savepoint covers the upkeep).
+    exec_on_db(
+        &dir,
+        "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+    );
+    let got = run_grouped(
+        &dir,
+        &store,
+        vec![
+            vec![put_json("ok", r#""phoenix""#)],
+            vec![put_json("b", r#""phoenix""#)],
+            vec![put_json("poison", r#""phoenix""#)],
+        ],
+    );
+    assert!(got[0].is_ok() && got[1].is_ok() && got[2].is_err());
+    let mut found = keys(&store, "phoenix");
+    found.sort();
+    assert_eq!(found, ["b", "ok"]);
+    assert!(keys(&store, "dragon").is_empty(), "b was overwritten");
+
+    // Survives a reopen; off drops it.
+    store.shutdown();
+    drop(store);
+    let store = open(&dir);
+    assert!(store.reader().unwrap().fulltext_on().unwrap());
+    store.write(vec![put_json("f", r#"["phoenix"]"#)]).unwrap();
+    assert_eq!(keys(&store, "phoenix").len(), 3);
+    assert!(store.set_fulltext(false).unwrap());
+    assert_eq!(
+        store.reader().unwrap().search("phoenix", 0).unwrap_err(),
+        StoreError::FulltextOff
+    );
+    store.write(vec![put_json("g", r#""phoenix""#)]).unwrap();
+}

@@ -110,6 +110,8 @@ pub struct Writer {
     seq: u64,
     /// Highest HLC written (committed or inside the open transaction).
     hlc_high: u64,
+    /// Whether the full-text index is on (writes keep it up to date).
+    fulltext: bool,
 }
 
 impl Writer {
@@ -122,6 +124,9 @@ impl Writer {
         seq: u64,
         hlc_high: u64,
     ) -> Writer {
+        // If this cannot be read, every write's transaction fails at its first
+        // statement anyway; assume the index exists so none would skip it.
+        let fulltext = super::fulltext::is_on(&conn).unwrap_or(true);
         Writer {
             conn,
             db_path,
@@ -129,6 +134,7 @@ impl Writer {
             shared,
             seq,
             hlc_high,
+            fulltext,
         }
     }
 
@@ -222,6 +228,7 @@ impl Writer {
     /// Makes a schema change in its own transaction; `Ok(changed)`.
     fn change_schema(&mut self, change: &SchemaChange) -> Result<bool, StoreError> {
         let (sql, path) = match change {
+            SchemaChange::SetFulltext(on) => return self.set_fulltext(*on),
             SchemaChange::CreateIndex(path) => (
                 format!(
                     "CREATE INDEX IF NOT EXISTS {} ON records({}) WHERE deleted = 0",
@@ -252,6 +259,24 @@ impl Writer {
         match result {
             Ok(changed) => {
                 self.conn.execute_batch("COMMIT")?;
+                Ok(changed)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Turns the full-text index on or off in its own transaction; `Ok(changed)`.
+    fn set_fulltext(&mut self, on: bool) -> Result<bool, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match super::fulltext::set(&self.conn, on) {
+            Ok(changed) => {
+                self.conn.execute_batch("COMMIT")?;
+                self.fulltext = on;
                 Ok(changed)
             }
             Err(e) => {
@@ -348,7 +373,7 @@ impl Writer {
         let seq0 = self.seq;
         // Prepared once per transaction (not once per op): the statement cache hashes
         // the whole SQL text on every lookup.
-        let mut st = Statements::prepare(&self.conn).map_err(sql)?;
+        let mut st = Statements::prepare(&self.conn, self.fulltext).map_err(sql)?;
         let mut clock = VersionClock {
             now_ms,
             shared: &self.shared,
@@ -359,7 +384,8 @@ impl Writer {
         for job in batch {
             let (seq, hlc) = (*clock.seq, *clock.hlc_high);
             let n_tombstones = tombstone_kinds.len();
-            let savepoint = job.ops.len() > 1;
+            // With the full-text index on, each op is several statements.
+            let savepoint = job.ops.len() > 1 || st.fulltext.is_some();
             if savepoint {
                 st.savepoint.execute([]).map_err(sql)?;
             }
@@ -411,11 +437,18 @@ struct Statements<'c> {
     /// Tombstones a live record, returning its kind; matches no row if there is none.
     delete_live: CachedStatement<'c>,
     put_meta: CachedStatement<'c>,
+    /// Upkeep of the full-text index, while it is on.
+    fulltext: Option<super::fulltext::Maintain<'c>>,
 }
 
 impl<'c> Statements<'c> {
-    fn prepare(conn: &'c Connection) -> rusqlite::Result<Statements<'c>> {
+    fn prepare(conn: &'c Connection, fulltext: bool) -> rusqlite::Result<Statements<'c>> {
         Ok(Statements {
+            fulltext: if fulltext {
+                Some(super::fulltext::Maintain::prepare(conn)?)
+            } else {
+                None
+            },
             savepoint: conn.prepare_cached("SAVEPOINT job")?,
             release: conn.prepare_cached("RELEASE job")?,
             rollback_to: conn.prepare_cached("ROLLBACK TO job")?,
@@ -498,6 +531,9 @@ fn apply_ops(
                 if !existed {
                     st.upsert.execute(row)?;
                 }
+                if let Some(ft) = st.fulltext.as_mut() {
+                    ft.update(key, (*kind == ValueKind::Json).then_some(value.as_slice()))?;
+                }
                 outs.push(WriteOutcome {
                     version: Some(version),
                     existed,
@@ -529,6 +565,9 @@ fn apply_ops(
                     });
                     continue;
                 };
+                if let Some(ft) = st.fulltext.as_mut() {
+                    ft.update(key, None)?;
+                }
                 tombstone_kinds.push(
                     u8::try_from(kind_tag)
                         .ok()
