@@ -98,7 +98,13 @@ pub struct Client {
     // Field order matters for Drop: rings before the segment that maps them.
     req: Producer,
     resp: Consumer,
-    /// Keeps the mapping alive for `req` and `resp`.
+    /// The event ring (change feed), read by `watch.rs`.
+    pub(crate) events: Consumer,
+    /// Events read from the event ring and not yet handed out.
+    pub(crate) event_queue: VecDeque<crate::watch::WatchEvent>,
+    /// The current watch's id (events of other watches are dropped).
+    pub(crate) watch_id: Option<u64>,
+    /// Keeps the mapping alive for `req`, `resp` and `events`.
     _segment: Segment,
     sock: Stream,
     max_payload: u64,
@@ -212,6 +218,9 @@ impl Client {
         Ok(Client {
             req: segment.request_ring().producer().map_err(ring_err)?,
             resp: segment.response_ring().consumer().map_err(ring_err)?,
+            events: segment.event_ring().consumer().map_err(ring_err)?,
+            event_queue: VecDeque::new(),
+            watch_id: None,
             max_payload: segment.geometry().max_payload,
             session_id: welcome.session_id,
             _segment: segment,
@@ -438,13 +447,13 @@ impl Client {
         }
     }
 
-    fn violation(&mut self, msg: String) -> Error {
+    pub(crate) fn violation(&mut self, msg: String) -> Error {
         self.dead = true;
         Error::Protocol(msg)
     }
 
     /// Whether the server end of the control socket is still open.
-    fn server_alive(&self) -> bool {
+    pub(crate) fn server_alive(&self) -> bool {
         let mut b = [0u8; 1];
         // SAFETY: recv into a 1-byte buffer we own; MSG_PEEK leaves data in place and
         // MSG_DONTWAIT never blocks.

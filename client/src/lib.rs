@@ -21,6 +21,7 @@ mod error;
 mod query;
 mod records;
 mod spawn;
+mod watch;
 
 pub use client::{Client, ConnectOptions};
 pub use error::{Error, Result};
@@ -29,7 +30,8 @@ pub use records::{ListPage, ValueView, MAX_KEY_LEN};
 pub use ringbase_protocol::handshake::WaitMode;
 pub use ringbase_protocol::layout::RingSizes;
 pub use ringbase_protocol::message::{
-    BatchOp, ErrorCode, FieldFilter, QueryRows, Record, Request, Response, SearchHit, SqlValue,
-    StatusInfo, ValueKind, Version,
+    BatchOp, Change, ErrorCode, FieldFilter, QueryRows, Record, Request, Response, SearchHit,
+    SqlValue, StatusInfo, ValueKind, Version,
 };
 pub use spawn::SpawnOptions;
+pub use watch::{WatchEvent, WatchStart};

@@ -136,6 +136,57 @@ pub struct SearchHit {
     pub snippet: String,
 }
 
+/// One committed change, as a watcher receives it ([`Event::Changes`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct Change {
+    /// Change sequence number: every committed change has the next one, in commit order.
+    pub seq: u64,
+    /// The `seq` of the first change of this change's transaction: the changes of one
+    /// transaction (a batch, or writes committed together) share it and arrive in a row.
+    pub txn: u64,
+    /// The key.
+    pub key: String,
+    /// The value's kind (for a delete, the kind of the record it removed).
+    pub kind: ValueKind,
+    /// True for a delete.
+    pub deleted: bool,
+    /// The version of the write.
+    pub version: Version,
+    /// Wall-clock time of the write, unix milliseconds.
+    pub updated_at_ms: u64,
+    /// The new value, if the watch asked for values (never for a delete) and it fits in
+    /// an event frame.
+    pub value: Option<Vec<u8>>,
+    /// The watch asked for values but this one was too large for the event ring: read
+    /// it with Get (the version tells whether it is still current).
+    pub value_omitted: bool,
+}
+
+/// A frame of the event ring.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum Event {
+    /// Committed changes under the watched prefix, in commit order.
+    Changes {
+        /// the watch they belong to ([`Response::Watching`]); events of an earlier
+        /// watch of the session may still be in the ring after a new Watch
+        watch: u64,
+        /// the changes
+        changes: Vec<Change>,
+    },
+    /// The watcher fell too far behind: the watch has ended after the change with
+    /// sequence number `last_seq` (nothing after it was sent). Watch again with
+    /// `since = last_seq` to go on without missing anything, while the server's change
+    /// log still holds it.
+    Overflow {
+        /// the watch that ended
+        watch: u64,
+        /// the last change sent before the gap
+        last_seq: u64,
+    },
+}
+
 /// A client request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
@@ -214,6 +265,19 @@ pub enum Request {
         /// on or off
         enabled: bool,
     },
+    /// Starts delivering committed changes under `prefix` through the session's event
+    /// ring ([`Response::Watching`]). One watch per session; a new Watch replaces it.
+    Watch {
+        /// only keys starting with this
+        prefix: String,
+        /// deliver the changes after this sequence number (from the server's change
+        /// log); `None`: from now on
+        since: Option<u64>,
+        /// include values in the events
+        with_values: bool,
+    },
+    /// Stops the session's watch ([`Response::Done`]: whether one was active).
+    Unwatch,
     /// Full-text search over the string leaves of JSON values ([`Response::Hits`]).
     Search {
         /// words to find (all of them), plain text
@@ -309,6 +373,9 @@ pub enum ErrorCode {
     ReadOnly = 10,
     /// A query that ran past its time or step budget (it was stopped; nothing changed).
     Budget = 11,
+    /// A watch cursor older than the server's change log: re-read what you follow, then
+    /// watch from now.
+    Expired = 12,
 }
 
 impl ErrorCode {
@@ -327,6 +394,7 @@ impl ErrorCode {
             9 => InvalidQuery,
             10 => ReadOnly,
             11 => Budget,
+            12 => Expired,
             _ => return None,
         })
     }
@@ -365,6 +433,16 @@ pub enum Response {
     Done(bool),
     /// Answer to Search: the best hits first.
     Hits(Vec<SearchHit>),
+    /// Answer to Watch: events follow in the event ring.
+    Watching {
+        /// the watch's id, carried by its events
+        watch: u64,
+        /// sequence number of the last committed change when the watch started: the
+        /// first event has a greater one
+        head: u64,
+        /// the oldest sequence number the server's change log still holds
+        oldest: u64,
+    },
     /// The request failed; nothing was changed.
     Error {
         /// an [`ErrorCode`] value
@@ -396,6 +474,23 @@ pub fn encode_response(resp: &Response, buf: &mut AlignedVec<16>) -> Result<(), 
     buf.clear();
     rkyv::api::high::to_bytes_in::<_, rancor::Error>(resp, &mut *buf)?;
     Ok(())
+}
+
+/// Serializes an event into `buf` (cleared first).
+pub fn encode_event(ev: &Event, buf: &mut AlignedVec<16>) -> Result<(), rancor::Error> {
+    buf.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(ev, &mut *buf)?;
+    Ok(())
+}
+
+/// Validates and accesses an archived event (bytecheck).
+pub fn access_event(bytes: &[u8]) -> Result<&ArchivedEvent, rancor::Error> {
+    rkyv::access::<ArchivedEvent, rancor::Error>(bytes)
+}
+
+/// Deserializes an archived event into an owned one.
+pub fn to_owned_event(a: &ArchivedEvent) -> Event {
+    rkyv::deserialize::<Event, rancor::Error>(a).expect("deserializing a validated archive")
 }
 
 /// Validates and accesses an archived request (bytecheck). `bytes` must be 16-byte
@@ -479,6 +574,14 @@ mod tests {
                 }),
             ".{0,20}".prop_map(|path| Request::CreateIndex { path }),
             any::<bool>().prop_map(|enabled| Request::SetFulltext { enabled }),
+            (".{0,10}", proptest::option::of(any::<u64>()), any::<bool>()).prop_map(
+                |(prefix, since, with_values)| Request::Watch {
+                    prefix,
+                    since,
+                    with_values
+                }
+            ),
+            Just(Request::Unwatch),
             (".{0,20}", any::<u32>()).prop_map(|(text, limit)| Request::Search { text, limit }),
             ".{0,20}".prop_map(|path| Request::DropIndex { path }),
             proptest::collection::vec(

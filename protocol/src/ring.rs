@@ -202,6 +202,20 @@ impl RingPtr {
         futex::wake(w, u32::MAX);
     }
 
+    /// Wakes the consumer if it announced that it sleeps: P2–P3 of the wake protocol
+    /// without a new frame. For a condition outside the ring that the consumer checks in
+    /// its readiness test ([`Consumer::sleep_or`]): make the condition true (with a
+    /// Release store or under a lock), then call this. A busy consumer costs no syscall.
+    pub fn notify_consumer(&self) {
+        // P2: order the caller's condition store before reading the sleeping flag.
+        fence(Ordering::SeqCst);
+        let sleeping = self.word32(ctl::CONSUMER_SLEEPING);
+        if sleeping.load(Ordering::Relaxed) != 0 {
+            sleeping.store(0, Ordering::Relaxed);
+            futex::wake(sleeping, 1);
+        }
+    }
+
     /// Wakes a producer waiting for space on this ring (see [`RingPtr::wake_consumer`]).
     pub fn wake_producer(&self) {
         let w = self.word32(ctl::PRODUCER_SLEEPING);
@@ -647,6 +661,21 @@ impl Consumer {
     pub fn sleep(&mut self, timeout: Duration) -> Result<bool, RingError> {
         let ring = self.ring;
         ring.announce_and_sleep(ctl::CONSUMER_SLEEPING, timeout, || self.has_data())
+    }
+
+    /// [`Consumer::sleep`] that also wakes for a condition outside the ring: `other` is
+    /// part of the readiness test re-checked after the announcement (C3), so a waker
+    /// that makes it true and then calls [`RingPtr::notify_consumer`] is never lost.
+    /// Returns whether data is available or `other()` holds.
+    pub fn sleep_or(
+        &mut self,
+        timeout: Duration,
+        mut other: impl FnMut() -> bool,
+    ) -> Result<bool, RingError> {
+        let ring = self.ring;
+        ring.announce_and_sleep(ctl::CONSUMER_SLEEPING, timeout, || {
+            Ok(other() || self.has_data()?)
+        })
     }
 }
 

@@ -355,11 +355,12 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
     };
     // Take our ends of the rings now, while no one else can reach the segment: the
     // client must not get a say in where our indices start.
-    let (req, resp) = match (
+    let (req, resp, events) = match (
         segment.request_ring().consumer(),
         segment.response_ring().producer(),
+        segment.event_ring().producer(),
     ) {
-        (Ok(c), Ok(p)) => (c, p),
+        (Ok(c), Ok(p), Ok(e)) => (c, p, e),
         _ => {
             refuse(
                 &stream,
@@ -419,6 +420,7 @@ fn handshake_and_run(stream: Stream, shared: Arc<Shared>) {
         segment: &segment,
         req,
         resp,
+        events,
         stream: &stream,
         wait: hello.wait,
         engine: &shared.engine,

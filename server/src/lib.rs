@@ -16,8 +16,9 @@
 //!  engine    requests -> responses, no transport: dispatches each request kind to
 //!   │          the module that owns it (records, writes, status, queries, ...)
 //!   ▼
-//!  query     subsystems, each doing the work of its requests: read-only SQL over
-//!   │          the records view (vector index, full text, sync to come)
+//!  query,    subsystems, each doing the work of its requests: read-only SQL over
+//!  feed        the records view; the change feed (a commit hook) that watchers read
+//!   │          (vector index, sync to come)
 //!   ▼
 //!  store     records in SQLite, the group-commit writer, read connections, and the
 //!              commit hook: after each COMMIT, before any writer is acknowledged,
@@ -32,6 +33,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod engine;
+pub mod feed;
 pub mod ipc;
 pub mod lock;
 pub mod query;

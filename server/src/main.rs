@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use ringbase_server::engine::EngineConfig;
+use ringbase_server::feed::FeedLimits;
 use ringbase_server::{Engine, Server, ServerConfig};
 
 mod cli;
@@ -53,6 +55,12 @@ enum Cmd {
         /// Also accept clients running as this uid (repeatable).
         #[arg(long = "allow-uid")]
         allow_uids: Vec<u32>,
+        /// Most changes the change log keeps for watchers resuming with `since`.
+        #[arg(long, default_value_t = FeedLimits::default().log_changes)]
+        change_log: usize,
+        /// How many changes a watcher may fall behind before it gets an overflow marker.
+        #[arg(long, default_value_t = FeedLimits::default().max_lag)]
+        watch_max_lag: u64,
     },
     /// Check that a server is up and measure one round trip.
     Ping {
@@ -172,7 +180,18 @@ fn main() -> ExitCode {
             data_dir,
             max_sessions,
             allow_uids,
-        } => serve(name, data_dir, max_sessions, allow_uids),
+            change_log,
+            watch_max_lag,
+        } => {
+            let config = EngineConfig {
+                feed: FeedLimits {
+                    log_changes: change_log.max(1),
+                    max_lag: watch_max_lag.max(1),
+                    ..FeedLimits::default()
+                },
+            };
+            serve(name, data_dir, max_sessions, allow_uids, config)
+        }
         Cmd::Ping { name } => cli::ping(&name),
         Cmd::Put {
             name,
@@ -236,6 +255,7 @@ fn serve(
     data_dir: Option<PathBuf>,
     max_sessions: usize,
     allow_uids: Vec<u32>,
+    config: EngineConfig,
 ) -> ExitCode {
     // Block SIGINT/SIGTERM in every thread (threads inherit the mask) and take them
     // synchronously with sigwait below, so shutdown runs as ordinary code.
@@ -244,7 +264,7 @@ fn serve(
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
     let data_dir = data_dir.unwrap_or_else(|| default_data_dir(&name));
-    let engine = match Engine::open(data_dir.clone()) {
+    let engine = match Engine::open_with(data_dir.clone(), config) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             eprintln!(

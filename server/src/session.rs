@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use interprocess::os::unix::uds_local_socket::Stream;
 use ringbase_protocol::handshake::WaitMode;
-use ringbase_protocol::message::{access_request, encode_response, ErrorCode, Response};
+use ringbase_protocol::message::{
+    access_request, encode_event, encode_response, ErrorCode, Event, Response,
+};
 use ringbase_protocol::ring::{
-    Backoff, Consumer, Phase, Producer, RingError, FRAME_REQUEST, FRAME_RESPONSE,
+    Backoff, Consumer, Phase, Producer, RingError, FRAME_EVENT, FRAME_REQUEST, FRAME_RESPONSE,
 };
 use ringbase_protocol::segment::Segment;
 use rkyv::util::AlignedVec;
@@ -45,6 +47,14 @@ const WRITE_WAIT_SLICE_MIN: Duration = Duration::from_micros(50);
 /// Longest such slice: the most a request can wait behind a long write before the
 /// session sees it.
 const WRITE_WAIT_SLICE_MAX: Duration = Duration::from_millis(1);
+/// How long a watcher's event ring must stay full, while the watcher is far behind,
+/// before it gets an overflow marker.
+const WATCH_STALL: Duration = Duration::from_millis(500);
+/// How soon a session whose client has not drained its event ring looks again; the
+/// pause grows with the stall up to [`EVENT_RETRY_MAX`].
+const EVENT_RETRY_MIN: Duration = Duration::from_millis(2);
+/// Longest pause between two looks at a full event ring.
+const EVENT_RETRY_MAX: Duration = Duration::from_millis(100);
 /// Most responses a session may have waiting behind an unfinished write.
 const MAX_QUEUED: usize = 4096;
 
@@ -56,6 +66,7 @@ pub(crate) struct SessionArgs<'a> {
     /// The server's ends of the rings, made before the client could touch the segment.
     pub(crate) req: Consumer,
     pub(crate) resp: Producer,
+    pub(crate) events: Producer,
     /// The control socket, open for the session's life.
     pub(crate) stream: &'a Stream,
     pub(crate) wait: WaitMode,
@@ -90,6 +101,7 @@ pub(crate) fn run(args: SessionArgs<'_>) {
         segment,
         req,
         resp,
+        events,
         stream,
         wait,
         engine,
@@ -134,7 +146,17 @@ pub(crate) fn run(args: SessionArgs<'_>) {
         }
     };
 
-    let client = engine.open_client(segment.geometry().max_payload, transport);
+    // The feed calls this from the writer thread when the client's watch has news: it
+    // wakes the session if it sleeps on its request ring (the session's readiness test
+    // includes the watch; see `wait_for_request`). The client state that holds it (and
+    // the feed's copy, owned by the watch) is dropped before this function returns.
+    let wake = std::sync::Mutex::new(segment.request_ring());
+    let notify: crate::engine::Notifier = Arc::new(move || {
+        wake.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .notify_consumer()
+    });
+    let client = engine.open_client(segment.geometry().max_payload, transport, notify);
     let result = match client {
         Ok(client) => {
             let backoff = match wait {
@@ -155,6 +177,12 @@ pub(crate) fn run(args: SessionArgs<'_>) {
                 outbuf: AlignedVec::new(),
                 backoff,
                 queue: VecDeque::new(),
+                events,
+                event_max: segment.event_ring().max_payload(),
+                event_buf: AlignedVec::new(),
+                event_blocked: false,
+                event_buf_last: 0,
+                event_stalled_since: None,
                 engine,
                 client,
                 peer_gone: &peer_gone,
@@ -197,6 +225,17 @@ struct SessionLoop<'a> {
     /// Responses not yet written, in request order; non-empty only while a write is
     /// outstanding (or the response ring was full).
     queue: VecDeque<Slot>,
+    /// The event ring, for the client's watch.
+    events: Producer,
+    /// Largest payload of an event frame.
+    event_max: u64,
+    /// An encoded event not yet written (the ring was full) when `event_blocked`.
+    event_buf: AlignedVec<16>,
+    event_blocked: bool,
+    /// The last change sequence number in `event_buf` (0: it holds no changes).
+    event_buf_last: u64,
+    /// Since when the event ring has been too full for `event_buf` (no event written).
+    event_stalled_since: Option<std::time::Instant>,
     engine: &'a Engine,
     /// This client's state in the engine.
     client: ClientState,
@@ -260,6 +299,7 @@ impl SessionLoop<'_> {
             self.req.flush();
             self.collect(false)?;
             self.resp.flush();
+            self.pump_events()?;
             if served > 0 {
                 continue;
             }
@@ -304,19 +344,98 @@ impl SessionLoop<'_> {
         }
     }
 
-    /// Waits (spin, yield, then futex sleep) until a request frame is published.
+    /// Writes the watch's pending events into the event ring while there is room. An
+    /// event that does not fit now stays encoded for the next call.
+    fn pump_events(&mut self) -> Result<(), End> {
+        let mut wrote = false;
+        loop {
+            if !self.event_blocked {
+                // Half the frame limit: room for the archive's overhead per change.
+                let Some(ev) = self.client.next_event((self.event_max / 2) as usize) else {
+                    break;
+                };
+                encode_event(&ev, &mut self.event_buf).expect("encoding an event");
+                self.event_buf_last = match &ev {
+                    Event::Changes { changes, .. } => changes[changes.len() - 1].seq,
+                    Event::Overflow { .. } => 0,
+                };
+                if self.event_buf.len() as u64 > self.event_max {
+                    // One change that cannot fit this session's event ring (a huge key
+                    // in a tiny ring): end the watch rather than wedge the ring.
+                    let (watch, last_seq) = match &ev {
+                        Event::Changes { watch, changes } => (*watch, changes[0].seq - 1),
+                        Event::Overflow { watch, last_seq } => (*watch, *last_seq),
+                    };
+                    self.client.end_watch();
+                    encode_event(&Event::Overflow { watch, last_seq }, &mut self.event_buf)
+                        .expect("encoding an event");
+                }
+                self.event_blocked = true;
+            }
+            if !self.events.try_write(FRAME_EVENT, 0, 0, &self.event_buf)? {
+                // Full. A watcher that has stopped reading (its ring stayed full for
+                // WATCH_STALL) while it is far behind gets the overflow marker in place
+                // of the frame it could not take. One that reads, even far behind
+                // (catching up), frees room within microseconds and goes on.
+                let since = *self
+                    .event_stalled_since
+                    .get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= WATCH_STALL {
+                    if let Some(ev) = self.client.overflow_if_lagging() {
+                        encode_event(&ev, &mut self.event_buf).expect("encoding an event");
+                        self.event_buf_last = 0;
+                    }
+                }
+                break; // the client reads on; retried on the next pass
+            }
+            self.event_blocked = false;
+            self.event_stalled_since = None;
+            if self.event_buf_last != 0 {
+                self.client.event_delivered(self.event_buf_last);
+            }
+            wrote = true;
+        }
+        if wrote {
+            self.events.flush();
+        }
+        Ok(())
+    }
+
+    /// Whether the watch has events to write and the last write did not find the event
+    /// ring full.
+    fn events_ready(&self) -> bool {
+        !self.event_blocked && self.client.events_ready()
+    }
+
+    /// Waits (spin, yield, then futex sleep) until a request frame is published, or the
+    /// watch has new changes to deliver.
     fn wait_for_request(&mut self) -> Result<(), End> {
         let mut w = self.backoff.start();
         let mut slept = false;
         loop {
-            if self.req.has_data()? {
+            if self.req.has_data()? || self.events_ready() {
                 self.backoff.finish(slept);
                 return Ok(());
+            }
+            if self.event_blocked {
+                // The client has not drained the event ring: look again soon (its reads
+                // do not wake this thread), less often the longer it stays full.
+                self.check()?;
+                let stalled = self
+                    .event_stalled_since
+                    .map_or(Duration::ZERO, |t| t.elapsed());
+                self.req
+                    .sleep((stalled / 4).clamp(EVENT_RETRY_MIN, EVENT_RETRY_MAX))?;
+                self.pump_events()?;
+                continue;
             }
             self.check()?;
             if w.step() == Phase::Sleep {
                 slept = true;
-                self.req.sleep(SLEEP_SLICE)?;
+                let client = &self.client;
+                let blocked = self.event_blocked;
+                self.req
+                    .sleep_or(SLEEP_SLICE, || !blocked && client.events_ready())?;
             }
         }
     }

@@ -12,6 +12,7 @@
 //! | Put, Delete, Batch | `writes`: queued for the store's group-commit writer, answered when their transaction has committed |
 //! | CreateIndex, DropIndex, SetFulltext | `indexes`: JSON-field indexes and the full-text index, made by the writer between transactions |
 //! | Search | `records`: full-text search on the client's read connection |
+//! | Watch, Unwatch | `watches`: the client's cursor into the change feed ([`crate::feed`], a commit hook) |
 //! | Query | `queries`: read-only SQL on the client's own query connection ([`crate::query`]) |
 //!
 //! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
@@ -22,16 +23,18 @@ mod indexes;
 mod queries;
 mod records;
 mod status;
+mod watches;
 mod writes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringbase_protocol::message::{ArchivedRequest, ErrorCode, Response};
+use ringbase_protocol::message::{ArchivedRequest, ErrorCode, Event, Response};
 
 use std::os::unix::fs::DirBuilderExt;
 
+use crate::feed::{Feed, FeedLimits};
 use crate::lock::{LockError, LockFile};
 use crate::store::{Reader, Store, StoreError, StoreOptions};
 
@@ -51,6 +54,17 @@ pub trait TransportInfo: Send + Sync {
     fn session_count(&self) -> usize;
 }
 
+/// Settings of the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Bounds of the change feed.
+    pub feed: FeedLimits,
+}
+
+/// Called by the engine when a client's watch has new changes (the client's transport
+/// wakes up to deliver them). Must not block.
+pub type Notifier = Arc<dyn Fn() + Send + Sync>;
+
 /// What the engine answers to one request.
 pub(crate) enum Reply {
     /// The response, ready now.
@@ -64,6 +78,7 @@ pub(crate) enum Reply {
 #[derive(Debug)]
 pub struct Engine {
     store: Store,
+    feed: Arc<Feed>,
     data_dir: PathBuf,
     started: Instant,
     /// Held for the engine's life: one server per data dir (two writers would reuse
@@ -72,8 +87,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the database in `data_dir`.
+    /// Opens (creating if needed) the database in `data_dir`, with default settings.
     pub fn open(data_dir: PathBuf) -> Result<Engine, String> {
+        Engine::open_with(data_dir, EngineConfig::default())
+    }
+
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open_with(data_dir: PathBuf, config: EngineConfig) -> Result<Engine, String> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -86,7 +106,8 @@ impl Engine {
             other => other.to_string(),
         })?;
         // Subsystems that follow committed writes register their commit hooks here.
-        let hooks = Vec::new();
+        let feed = Arc::new(Feed::new(config.feed));
+        let hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![feed.clone()];
         let store = Store::open_with_hooks(
             &data_dir,
             StoreOptions {
@@ -96,8 +117,10 @@ impl Engine {
             hooks,
         )
         .map_err(|e| e.to_string())?;
+        feed.resume_after(store.last_change_seq());
         Ok(Engine {
             store,
+            feed,
             data_dir,
             started: Instant::now(),
             _lock: lock,
@@ -119,17 +142,25 @@ impl Engine {
         self.store.shutdown();
     }
 
+    /// The change feed.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
     /// The engine state of a new client whose responses may carry at most
-    /// `max_payload` bytes.
+    /// `max_payload` bytes; `notify` is called when its watch has new changes.
     pub(crate) fn open_client(
         &self,
         max_payload: u64,
         transport: Arc<dyn TransportInfo>,
+        notify: Notifier,
     ) -> Result<ClientState, String> {
         Ok(ClientState {
             reader: self.store.reader().map_err(|e| e.to_string())?,
             writes: writes::Writes::new(&self.store),
             query: None,
+            watch: None,
+            notify,
             max_payload,
             transport,
         })
@@ -172,6 +203,18 @@ impl Engine {
             ArchivedRequest::SetFulltext { enabled } => {
                 indexes::set_fulltext(&self.store, *enabled).map(Reply::Now)
             }
+            ArchivedRequest::Watch {
+                prefix,
+                since,
+                with_values,
+            } => Ok(Reply::Now(watches::watch(
+                self,
+                c,
+                prefix.as_str(),
+                since.as_ref().map(|s| s.to_native()),
+                *with_values,
+            ))),
+            ArchivedRequest::Unwatch => Ok(Reply::Now(watches::unwatch(c))),
             ArchivedRequest::Search { text, limit } => {
                 records::search(c, text.as_str(), limit.to_native()).map(Reply::Now)
             }
@@ -200,6 +243,10 @@ pub(crate) struct ClientState {
     writes: writes::Writes,
     /// The client's query connection, opened at its first query.
     query: Option<crate::query::QueryConn>,
+    /// The client's watch of the change feed, if any.
+    watch: Option<crate::feed::Watch>,
+    /// Wakes the client's transport when the watch has new changes.
+    notify: Notifier,
     /// Largest response payload the client's transport carries.
     max_payload: u64,
     transport: Arc<dyn TransportInfo>,
@@ -237,6 +284,36 @@ impl ClientState {
     /// Waits at most `timeout` until a finished write is ready, without taking it.
     pub(crate) fn wait_completion_ready(&mut self, timeout: Duration) -> bool {
         self.writes.wait_completion_ready(timeout)
+    }
+
+    /// Whether the client's watch has changes it has not looked at.
+    pub(crate) fn events_ready(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.pending())
+    }
+
+    /// The next event for the client's watch, at most about `max_bytes` encoded (see
+    /// [`crate::feed::Watch::next_event`]): the caller must deliver it.
+    pub(crate) fn next_event(&mut self, max_bytes: usize) -> Option<Event> {
+        self.watch.as_mut()?.next_event(max_bytes)
+    }
+
+    /// Ends the client's watch (its last event was an overflow marker).
+    pub(crate) fn end_watch(&mut self) {
+        self.watch = None;
+    }
+
+    /// The overflow marker if the client's watch is too far behind (see
+    /// [`crate::feed::Watch::lagging`]); the watch then ends.
+    pub(crate) fn overflow_if_lagging(&mut self) -> Option<Event> {
+        let w = self.watch.as_mut()?;
+        w.lagging().then(|| w.overflow())
+    }
+
+    /// The client's event ring now holds the changes up to `seq` of its watch.
+    pub(crate) fn event_delivered(&mut self, seq: u64) {
+        if let Some(w) = self.watch.as_mut() {
+            w.delivered(seq);
+        }
     }
 
     /// Waits at most `timeout` for a finished write.

@@ -30,6 +30,8 @@ pub struct Commit<'a> {
     /// Kinds of the records removed by the transaction's deletes, in order.
     pub(super) tombstone_kinds: &'a [ValueKind],
     pub(super) updated_at_ms: u64,
+    /// Change sequence number of the first change.
+    pub(super) first_seq: u64,
 }
 
 impl<'a> Commit<'a> {
@@ -39,6 +41,7 @@ impl<'a> Commit<'a> {
     pub fn changes(&self) -> impl Iterator<Item = Change<'a>> + 'a {
         let updated_at_ms = self.updated_at_ms;
         let mut tombstone_kinds = self.tombstone_kinds.iter();
+        let mut seq = self.first_seq;
         self.jobs
             .iter()
             .zip(self.results)
@@ -46,8 +49,11 @@ impl<'a> Commit<'a> {
             .flatten()
             .filter_map(move |(op, out)| {
                 let version = out.version?;
+                let this = seq;
+                seq += 1;
                 Some(match op {
                     WriteOp::Put { key, value, kind } => Change {
+                        seq: this,
                         key,
                         value,
                         kind: *kind,
@@ -56,6 +62,7 @@ impl<'a> Commit<'a> {
                         deleted: false,
                     },
                     WriteOp::Delete { key } => Change {
+                        seq: this,
                         key,
                         value: &[],
                         // The writer records one kind per delete that wrote a tombstone.
@@ -72,11 +79,20 @@ impl<'a> Commit<'a> {
     pub fn updated_at_ms(&self) -> u64 {
         self.updated_at_ms
     }
+
+    /// Change sequence number of the transaction's first change (the others follow
+    /// one by one; a transaction without changes has none, and the next one starts here).
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
 }
 
 /// One record written by a committed transaction.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Change<'a> {
+    /// Change sequence number: every committed change gets the next one, in commit
+    /// order, persisted with the change (it continues after a restart).
+    pub seq: u64,
     /// The key.
     pub key: &'a str,
     /// The new value (empty for a tombstone).

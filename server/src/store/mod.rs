@@ -335,6 +335,7 @@ impl Store {
         let replica = schema::load_or_create_replica(&conn)?;
         let seq = schema::meta_u64(&conn, schema::META_SEQ)?;
         let hlc_high = schema::meta_u64(&conn, schema::META_HLC)?;
+        let changes = schema::meta_u64(&conn, schema::META_CHANGES)?;
         let shared = Arc::new(Shared {
             replica,
             clock: clock::Hlc::new(hlc_high),
@@ -343,9 +344,16 @@ impl Store {
             stats: StatCounters::default(),
             cache: Arc::new(cache::ReadCache::new(opts.read_cache_bytes)),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
+            last_change: std::sync::atomic::AtomicU64::new(changes),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer = Writer::new(conn, db_path.clone(), rx, shared.clone(), seq, hlc_high);
+        let writer = Writer::new(
+            conn,
+            db_path.clone(),
+            rx,
+            shared.clone(),
+            (seq, hlc_high, changes),
+        );
         let handle = std::thread::Builder::new()
             .name("ringbase-writer".into())
             .spawn(move || writer.run())
@@ -429,6 +437,12 @@ impl Store {
             jobs: Vec::new(),
             queued: Arc::clone(&self.shared.queued_bytes),
         }
+    }
+
+    /// The change sequence number of the last committed change ([`Change::seq`]; 0 if
+    /// there was none yet). It is set before the commit hooks run.
+    pub fn last_change_seq(&self) -> u64 {
+        self.shared.last_change.load(Ordering::Acquire)
     }
 
     /// Key and value bytes of the write jobs sent to the writer and not yet applied.

@@ -52,6 +52,8 @@ pub const META_REPLICA: &str = "replica_id";
 pub const META_SEQ: &str = "seq";
 /// `meta` key of the highest HLC stored in `records`.
 pub const META_HLC: &str = "hlc_high";
+/// `meta` key of the last change sequence number used (see [`super::Change::seq`]).
+pub const META_CHANGES: &str = "changes";
 
 /// SQLite's `unix-excl` VFS: the server process holds the database file exclusively
 /// (one server per data dir is already guaranteed by the data dir's lock file) and

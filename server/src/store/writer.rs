@@ -10,7 +10,7 @@ use super::changes::ChangeHub;
 use super::clock::{now_ms, Hlc};
 use super::error::StoreError;
 use super::hook::{Commit, CommitHook};
-use super::schema::{META_HLC, META_SEQ};
+use super::schema::{META_CHANGES, META_HLC, META_SEQ};
 use super::{
     Job, ReplicaId, SchemaChange, StoreStats, ToWriter, ValueKind, Version, WriteOp, WriteOutcome,
 };
@@ -72,6 +72,8 @@ pub struct Shared {
     pub cache: Arc<super::cache::ReadCache>,
     /// Key+value bytes of jobs sent to the writer and not yet applied.
     pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Change sequence number of the last committed change.
+    pub last_change: AtomicU64,
 }
 
 /// The commit hooks given at open.
@@ -112,17 +114,19 @@ pub struct Writer {
     hlc_high: u64,
     /// Whether the full-text index is on (writes keep it up to date).
     fulltext: bool,
+    /// Last change sequence number of a committed transaction.
+    changes: u64,
 }
 
 impl Writer {
-    /// A writer continuing after local sequence number `seq` and stored HLC `hlc_high`.
+    /// A writer continuing after local sequence number `seq`, stored HLC `hlc_high`
+    /// and change sequence number `changes` (the `meta` values).
     pub fn new(
         conn: Connection,
         db_path: std::path::PathBuf,
         rx: Receiver<ToWriter>,
         shared: Arc<Shared>,
-        seq: u64,
-        hlc_high: u64,
+        (seq, hlc_high, changes): (u64, u64, u64),
     ) -> Writer {
         // If this cannot be read, every write's transaction fails at its first
         // statement anyway; assume the index exists so none would skip it.
@@ -135,6 +139,7 @@ impl Writer {
             seq,
             hlc_high,
             fulltext,
+            changes,
         }
     }
 
@@ -301,10 +306,10 @@ impl Writer {
         // One clock read per transaction: its writes commit together.
         let now_ms = now_ms();
         let mut tombstone_kinds = Vec::new();
-        let (results, committed) = match self.transaction(&batch, now_ms, &mut tombstone_kinds) {
-            Ok(results) => {
+        let (results, first_seq) = match self.transaction(&batch, now_ms, &mut tombstone_kinds) {
+            Ok(done) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                (results, true)
+                (done.0, Some(done.1))
             }
             Err(Fatal(e)) => {
                 stats.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -312,7 +317,7 @@ impl Writer {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 (self.seq, self.hlc_high) = (seq0, hlc0);
-                (batch.iter().map(|_| Err(e.clone())).collect(), false)
+                (batch.iter().map(|_| Err(e.clone())).collect(), None)
             }
         };
         // The commit hook, before any completion goes out. First the read cache: no
@@ -325,12 +330,16 @@ impl Writer {
                 .iter()
                 .flat_map(|job| job.ops.iter().map(|op| op.key())),
         );
-        if committed {
+        if let Some(first_seq) = first_seq {
+            self.shared
+                .last_change
+                .store(self.changes, Ordering::Release);
             let commit = Commit {
                 jobs: &batch,
                 results: &results,
                 tombstone_kinds: &tombstone_kinds,
                 updated_at_ms: now_ms,
+                first_seq,
             };
             self.shared.hub.committed(&commit);
             for hook in &self.shared.hooks.0 {
@@ -353,8 +362,9 @@ impl Writer {
     }
 
     /// Run all jobs in one transaction, their writes stamped with the wall clock
-    /// `now_ms`; `Ok` only once COMMIT has returned. The kinds of the records removed
-    /// by deletes go to `tombstone_kinds`, in order (for [`Commit::changes`]).
+    /// `now_ms`; `Ok` only once COMMIT has returned, with the results and the change
+    /// sequence number of the transaction's first change. The kinds of the records
+    /// removed by deletes go to `tombstone_kinds`, in order (for [`Commit::changes`]).
     ///
     /// A job of several ops runs inside its own SAVEPOINT, so a failing op undoes the
     /// job's earlier ops and only that job fails. A job of one op needs none: SQLite
@@ -367,7 +377,7 @@ impl Writer {
         batch: &[Job],
         now_ms: u64,
         tombstone_kinds: &mut Vec<ValueKind>,
-    ) -> Result<Vec<Result<Vec<WriteOutcome>, StoreError>>, Fatal> {
+    ) -> Result<(Vec<Result<Vec<WriteOutcome>, StoreError>>, u64), Fatal> {
         let sql = |e: rusqlite::Error| Fatal(e.into());
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
         let seq0 = self.seq;
@@ -411,17 +421,25 @@ impl Writer {
                 }
             }
         }
-        if *clock.seq != seq0 {
+        // Every change (a put, or a delete that removed a live record) took one local
+        // sequence number, so this is the number of changes.
+        let changes = *clock.seq - seq0;
+        if changes > 0 {
             st.put_meta
                 .execute(params![META_SEQ, *clock.seq as i64])
                 .map_err(sql)?;
             st.put_meta
                 .execute(params![META_HLC, *clock.hlc_high as i64])
                 .map_err(sql)?;
+            st.put_meta
+                .execute(params![META_CHANGES, (self.changes + changes) as i64])
+                .map_err(sql)?;
         }
         drop(st);
         self.conn.execute_batch("COMMIT").map_err(sql)?;
-        Ok(results)
+        let first_seq = self.changes + 1;
+        self.changes += changes;
+        Ok((results, first_seq))
     }
 }
 

@@ -1,0 +1,410 @@
+//! The change feed: every committed change, in commit order, for watchers.
+//!
+//! The feed is a [`CommitHook`]: after each commit the writer appends the transaction's
+//! changes to the feed's in-memory **change log** (bounded: at most
+//! [`FeedLimits::log_changes`] changes and [`FeedLimits::log_bytes`] bytes; the oldest
+//! go first) and notifies the clients that watch. It never waits for a watcher.
+//!
+//! A **watch** ([`Watch`]) is a cursor into the log plus a key prefix. The session of a
+//! watching client pulls events from it ([`Watch::next_event`]) whenever its event ring
+//! has room, so the event ring is the only queue per watcher. A watcher whose event ring
+//! is full while it is more than [`FeedLimits::max_lag`] changes behind the newest (it
+//! stopped reading), or whose cursor the log has dropped, gets an [`Event::Overflow`]
+//! marker carrying the last change it was sent, and its watch ends;
+//! it watches again from that sequence number (`since`) and misses nothing as long as
+//! the log still holds it (the lag bound is far below the log's size), or gets
+//! `Expired` and re-reads what it follows.
+//!
+//! Sequence numbers are the store's change sequence numbers ([`crate::store::Change::
+//! seq`]): persisted with each commit, so they keep growing across restarts. The log
+//! itself is memory: after a restart it starts empty at the last number.
+//!
+//! Values: a change carries its value in the log only up to [`MAX_LOGGED_VALUE`] bytes
+//! (and in an event only if it fits in the watcher's event frame); a larger one is
+//! marked `value_omitted`, for the watcher to read with Get.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ringbase_protocol::message::{Change, Event, ValueKind, Version};
+
+use crate::store::{Commit, CommitHook};
+
+/// Largest value kept in the change log (larger ones are `value_omitted`).
+pub const MAX_LOGGED_VALUE: usize = 16 * 1024;
+/// Most changes in one event frame.
+const MAX_CHANGES_PER_EVENT: usize = 256;
+/// Bytes charged per change on top of key and value (log accounting and frame sizing).
+const CHANGE_OVERHEAD: usize = 96;
+
+/// Bounds of the change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedLimits {
+    /// Most changes the log keeps.
+    pub log_changes: usize,
+    /// Most bytes (keys, logged values, overhead) the log keeps.
+    pub log_bytes: usize,
+    /// How far (in changes) a watcher may fall behind the newest change before it gets
+    /// an overflow marker.
+    pub max_lag: u64,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        FeedLimits {
+            log_changes: 1_000_000,
+            log_bytes: 256 << 20,
+            max_lag: 100_000,
+        }
+    }
+}
+
+/// One logged change.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    txn: u64,
+    key: String,
+    kind: ValueKind,
+    deleted: bool,
+    version: Version,
+    updated_at_ms: u64,
+    /// The value, if it was at most [`MAX_LOGGED_VALUE`] bytes (never for a delete).
+    value: Option<Vec<u8>>,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, Vec::len) + CHANGE_OVERHEAD
+    }
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    entries: VecDeque<Arc<Entry>>,
+    bytes: usize,
+}
+
+/// Something to call when new changes are logged (a watcher's session).
+type Notify = Box<dyn Fn() + Send>;
+
+/// The change feed (see the module docs). Register it as a commit hook.
+pub struct Feed {
+    limits: FeedLimits,
+    log: Mutex<Log>,
+    /// Sequence number of the newest logged change.
+    head: AtomicU64,
+    watchers: Mutex<Vec<(u64, Notify)>>,
+    next_watch: AtomicU64,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("limits", &self.limits)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a watch could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// `since` is older than the oldest change the log holds.
+    #[error("the change log no longer holds the changes after {since} (it starts after {oldest}); re-read what you follow, then watch from now")]
+    Expired {
+        /// the requested cursor
+        since: u64,
+        /// the log holds the changes after this one
+        oldest: u64,
+    },
+    /// `since` is newer than the newest change.
+    #[error("cursor {since} is ahead of the newest change ({head})")]
+    Ahead {
+        /// the requested cursor
+        since: u64,
+        /// the newest change
+        head: u64,
+    },
+}
+
+impl Feed {
+    /// An empty feed; [`Feed::resume_after`] sets where its numbers continue.
+    pub fn new(limits: FeedLimits) -> Feed {
+        Feed {
+            limits,
+            log: Mutex::new(Log::default()),
+            head: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
+            next_watch: AtomicU64::new(1),
+        }
+    }
+
+    /// Sets the newest change to `last_seq` (the store's last change sequence number at
+    /// open), while the log is empty; a no-op after changes were logged.
+    pub fn resume_after(&self, last_seq: u64) {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.entries.is_empty() {
+            self.head.store(last_seq, Ordering::Release);
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> FeedLimits {
+        self.limits
+    }
+
+    /// Sequence number of the newest change.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// The log holds the changes after this sequence number.
+    pub fn oldest(&self) -> u64 {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        match log.entries.front() {
+            Some(e) => e.seq - 1,
+            None => self.head(),
+        }
+    }
+
+    /// Starts a watch of the keys under `prefix`, after change `since` (`None`: from
+    /// now on). `notify` is called (from the writer thread, without blocking) whenever
+    /// changes are logged, until the watch is dropped.
+    pub fn watch(
+        self: &Arc<Feed>,
+        prefix: &str,
+        since: Option<u64>,
+        with_values: bool,
+        notify: Notify,
+    ) -> Result<Watch, WatchError> {
+        let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        // Registered before the cursor is read, so no change between the two is missed
+        // unnoticed.
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, notify));
+        let mut watch = Watch {
+            feed: Arc::clone(self),
+            id,
+            prefix: prefix.to_string(),
+            with_values,
+            cursor: 0,
+            sent: 0,
+            ended: false,
+        };
+        let head = self.head();
+        let cursor = match since {
+            None => head,
+            Some(s) if s > head => return Err(WatchError::Ahead { since: s, head }),
+            Some(s) => {
+                let oldest = self.oldest();
+                if s < oldest {
+                    return Err(WatchError::Expired { since: s, oldest });
+                }
+                s
+            }
+        };
+        watch.cursor = cursor;
+        watch.sent = cursor;
+        Ok(watch)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(w, _)| *w != id);
+    }
+}
+
+impl CommitHook for Feed {
+    fn committed(&self, commit: &Commit<'_>) {
+        let mut appended = 0;
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            let txn = commit.first_seq();
+            for c in commit.changes() {
+                let value =
+                    (!c.deleted && c.value.len() <= MAX_LOGGED_VALUE).then(|| c.value.to_vec());
+                let e = Entry {
+                    seq: c.seq,
+                    txn,
+                    key: c.key.to_string(),
+                    kind: c.kind,
+                    deleted: c.deleted,
+                    version: c.version,
+                    updated_at_ms: c.updated_at_ms,
+                    value,
+                };
+                log.bytes += e.cost();
+                log.entries.push_back(Arc::new(e));
+                appended += 1;
+            }
+            while log.entries.len() > self.limits.log_changes
+                || (log.bytes > self.limits.log_bytes && log.entries.len() > 1)
+            {
+                let e = log.entries.pop_front().expect("non-empty");
+                log.bytes -= e.cost();
+            }
+            if let Some(last) = log.entries.back() {
+                // SYNC POINT: pairs with the Acquire load in `head`; a watcher that
+                // sees the new head finds the entries under the lock.
+                self.head.store(last.seq, Ordering::Release);
+            }
+        }
+        if appended > 0 {
+            for (_, notify) in self
+                .watchers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                notify();
+            }
+        }
+    }
+}
+
+/// One client's watch: a cursor into the feed and a key prefix. Dropping it stops the
+/// notifications (after `drop` returns, its `notify` is never called again).
+#[derive(Debug)]
+pub struct Watch {
+    feed: Arc<Feed>,
+    id: u64,
+    prefix: String,
+    with_values: bool,
+    /// The last change taken (into an event, or skipped: not under the prefix).
+    cursor: u64,
+    /// The last change known delivered (written into the client's event ring), or the
+    /// starting cursor: where a resumed watch would go on.
+    sent: u64,
+    ended: bool,
+}
+
+impl Watch {
+    /// Whether the feed holds changes this watch has not looked at yet.
+    pub fn pending(&self) -> bool {
+        !self.ended && self.feed.head() > self.cursor
+    }
+
+    /// The watch's id (carried by its events).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the watch ended with an overflow marker.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The last change sequence number sent or passed over.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Whether the watcher is more than [`FeedLimits::max_lag`] changes behind the
+    /// newest. The session asks while its event ring is full: a watcher that keeps
+    /// reading may be far behind (catching up after `since`) without overflowing.
+    pub fn lagging(&self) -> bool {
+        !self.ended && self.feed.head().saturating_sub(self.cursor) > self.feed.limits.max_lag
+    }
+
+    /// Records that the changes up to `seq` reached the client.
+    pub fn delivered(&mut self, seq: u64) {
+        self.sent = self.sent.max(seq);
+    }
+
+    /// Ends the watch: the overflow marker, with the last delivered change. (Changes
+    /// taken but not delivered, and skipped ones after it, are looked at again by a
+    /// watch resumed there.)
+    pub fn overflow(&mut self) -> Event {
+        self.ended = true;
+        self.feed.unregister(self.id);
+        Event::Overflow {
+            watch: self.id,
+            last_seq: self.sent,
+        }
+    }
+
+    /// The next event for this watcher, at most about `max_bytes` when encoded: changes
+    /// under the prefix after the cursor (the cursor moves past them and past changes
+    /// under other keys), or the overflow marker if the watcher fell behind (then the
+    /// watch has ended). `None` if there is nothing new.
+    ///
+    /// The caller sends the event, or else must not call this again (the changes in it
+    /// count as sent): it checks for room in its event ring first.
+    pub fn next_event(&mut self, max_bytes: usize) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        let head = self.feed.head();
+        if head <= self.cursor {
+            return None;
+        }
+        let log = self.feed.log.lock().unwrap_or_else(|p| p.into_inner());
+        let first = log.entries.front().map_or(head + 1, |e| e.seq);
+        if self.cursor + 1 < first {
+            // The log dropped changes this watch had not read.
+            drop(log);
+            return Some(self.overflow());
+        }
+        let start = (self.cursor + 1 - first) as usize;
+        let mut out = Vec::new();
+        let mut bytes = 64;
+        for e in log.entries.range(start..) {
+            if !e.key.starts_with(&self.prefix) {
+                self.cursor = e.seq;
+                continue;
+            }
+            let value = if self.with_values {
+                e.value.as_ref()
+            } else {
+                None
+            };
+            let cost = e.key.len() + value.map_or(0, Vec::len) + CHANGE_OVERHEAD;
+            // A value that cannot fit even alone goes by reference.
+            let (value, omitted, cost) = if cost + 64 > max_bytes {
+                (
+                    None,
+                    self.with_values && !e.deleted,
+                    e.key.len() + CHANGE_OVERHEAD,
+                )
+            } else {
+                (
+                    value.cloned(),
+                    self.with_values && !e.deleted && e.value.is_none(),
+                    cost,
+                )
+            };
+            if !out.is_empty() && (bytes + cost > max_bytes || out.len() >= MAX_CHANGES_PER_EVENT) {
+                break;
+            }
+            bytes += cost;
+            out.push(Change {
+                seq: e.seq,
+                txn: e.txn,
+                key: e.key.clone(),
+                kind: e.kind,
+                deleted: e.deleted,
+                version: e.version,
+                updated_at_ms: e.updated_at_ms,
+                value,
+                value_omitted: omitted,
+            });
+            self.cursor = e.seq;
+        }
+        (!out.is_empty()).then_some(Event::Changes {
+            watch: self.id,
+            changes: out,
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.feed.unregister(self.id);
+    }
+}
