@@ -93,9 +93,17 @@ impl Client {
     }
 
     /// The next event if one has arrived, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Invalid`] if no watch is active (and no event of the last one
+    /// is left); [`crate::Error::Protocol`] for an unreadable event frame.
     pub fn try_event(&mut self) -> Result<Option<WatchEvent>> {
         self.read_events()?;
-        Ok(self.event_queue.pop_front())
+        match self.event_queue.pop_front() {
+            None if self.watch_id.is_none() => Err(Error::Invalid("no watch is active".into())),
+            ev => Ok(ev),
+        }
     }
 
     /// The next event, waiting for it at most `timeout` (`None`: as long as it takes);
@@ -111,9 +119,6 @@ impl Client {
         loop {
             if let Some(ev) = self.try_event()? {
                 return Ok(Some(ev));
-            }
-            if self.watch_id.is_none() {
-                return Err(Error::Invalid("no watch is active".into()));
             }
             let waited = started.elapsed();
             if timeout.is_some_and(|t| waited >= t) {
@@ -168,9 +173,12 @@ impl Client {
                 Event::Changes { watch, changes } if Some(watch) == self.watch_id => self
                     .event_queue
                     .extend(changes.into_iter().map(WatchEvent::Change)),
-                Event::Overflow { watch, last_seq } if Some(watch) == self.watch_id => self
-                    .event_queue
-                    .push_back(WatchEvent::Overflow { last_seq }),
+                Event::Overflow { watch, last_seq } if Some(watch) == self.watch_id => {
+                    // The server has ended the watch.
+                    self.watch_id = None;
+                    self.event_queue
+                        .push_back(WatchEvent::Overflow { last_seq })
+                }
                 _ => {} // an earlier watch's
             }
         }

@@ -222,6 +222,12 @@
 #define RINGBASE_E_BUDGET -30822
 
 /**
+ * A watch cursor (`since`) older than the server's change log (`ringbase_watch`):
+ * re-read what you follow, then watch from now.
+ */
+#define RINGBASE_E_EXPIRED -30823
+
+/**
  * `ringbase_options::wait_mode`: spin briefly, then sleep (the default).
  */
 #define RINGBASE_WAIT_ADAPTIVE 0
@@ -257,6 +263,17 @@
  * `ringbase_value.type`: bytes, `len` bytes at `data`.
  */
 #define RINGBASE_SQL_BLOB 4
+
+/**
+ * `ringbase_event.type`: a committed change.
+ */
+#define RINGBASE_EVENT_CHANGE 1
+
+/**
+ * `ringbase_event.type`: the watch fell too far behind and has ended after the change
+ * `seq`; call `ringbase_watch` with `since = seq` to go on without missing anything.
+ */
+#define RINGBASE_EVENT_OVERFLOW 2
 
 /**
  * An atomic batch of puts and deletes (opaque), begun on a client by
@@ -466,6 +483,74 @@ typedef struct ringbase_value {
    */
   size_t len;
 } ringbase_value;
+
+/**
+ * One event of a change feed (`ringbase_next_event`).
+ *
+ * For `RINGBASE_EVENT_CHANGE` every field is set; for `RINGBASE_EVENT_OVERFLOW` only
+ * `type` and `seq` (the last change received), the rest is 0 / NULL. `key` and `value`
+ * belong to the client handle and stay valid until the next call on it.
+ */
+typedef struct ringbase_event {
+  /**
+   * `RINGBASE_EVENT_CHANGE` or `RINGBASE_EVENT_OVERFLOW`.
+   */
+  int type;
+  /**
+   * Change sequence number (commit order; every change has the next one).
+   */
+  uint64_t seq;
+  /**
+   * The `seq` of the first change of this change's transaction (a batch's changes
+   * share it and arrive in a row).
+   */
+  uint64_t txn;
+  /**
+   * The key: `key_len` bytes followed by a NUL byte.
+   */
+  const char *key;
+  /**
+   * Length of `key` in bytes.
+   */
+  size_t key_len;
+  /**
+   * `RINGBASE_JSON` or `RINGBASE_BYTES` (for a delete: of the record it removed).
+   */
+  int kind;
+  /**
+   * 1 for a delete, else 0.
+   */
+  int deleted;
+  /**
+   * The new value if the watch asked for values (`with_values`), else NULL.
+   */
+  const void *value;
+  /**
+   * Length of `value` in bytes.
+   */
+  size_t value_len;
+  /**
+   * 1 if the watch asked for values but this one was too large to send (read it
+   * with `ringbase_get`), else 0.
+   */
+  int value_omitted;
+  /**
+   * The write's version: hybrid logical clock.
+   */
+  uint64_t hlc;
+  /**
+   * The write's version: replica id.
+   */
+  uint8_t replica[16];
+  /**
+   * The write's version: the replica's sequence number.
+   */
+  uint64_t replica_seq;
+  /**
+   * Wall-clock time of the write, unix milliseconds.
+   */
+  uint64_t updated_at_ms;
+} ringbase_event;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1328,6 +1413,66 @@ void ringbase_hits_free(struct ringbase_hits *hits);
 int ringbase_fulltext(struct ringbase_client *c,
                       int on,
                       int *changed);
+
+/**
+ * Starts following every committed change (by any process) to keys under `prefix`
+ * (`prefix_len` bytes of UTF-8; NULL or empty = every key), in commit order; read the
+ * changes with `ringbase_next_event`. `since` >= 0 resumes after that change sequence
+ * number from the server's change log (an older cursor than the log holds fails with
+ * `RINGBASE_E_EXPIRED`: re-read what you follow, then watch with `since` < 0); `since`
+ * < 0 starts from now. `with_values` != 0 includes each new value. One watch per
+ * client: a new one replaces the last. `*head` (if `head` is not NULL) is the newest
+ * change sequence number when the watch started.
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c` NULL, `prefix` NULL with a non-zero length),
+ * `RINGBASE_E_INVALID_KEY` (not UTF-8), `RINGBASE_E_EXPIRED`,
+ * `RINGBASE_E_BAD_REQUEST` (`since` ahead of the newest change),
+ * `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `prefix` points at `prefix_len` readable bytes (or is
+ * NULL with length 0); `head` is NULL or writable.
+ */
+int ringbase_watch(struct ringbase_client *c,
+                   const char *prefix,
+                   size_t prefix_len,
+                   int64_t since,
+                   int with_values,
+                   uint64_t *head);
+
+/**
+ * Stops the client's watch (a no-op without one).
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c` NULL), `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle.
+ */
+int ringbase_unwatch(struct ringbase_client *c);
+
+/**
+ * The next event of the client's watch into `*ev`, waiting at most `timeout_ms`
+ * milliseconds: 0 does not wait (for a frame loop), a negative value waits as long as
+ * it takes. Spins briefly, then sleeps: no CPU while nothing happens.
+ *
+ * Errors: `RINGBASE_E_AGAIN` (no event within the time), `RINGBASE_E_INVALID` (`c` or
+ * `ev` NULL, no watch active), `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `ev` is NULL or writable.
+ */
+int ringbase_next_event(struct ringbase_client *c,
+                        struct ringbase_event *ev,
+                        int timeout_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -73,6 +73,9 @@ pub const RINGBASE_E_INVALID_QUERY: c_int = -30820;
 pub const RINGBASE_E_READ_ONLY: c_int = -30821;
 /// A query that ran past its time budget and was stopped (`ringbase_query`).
 pub const RINGBASE_E_BUDGET: c_int = -30822;
+/// A watch cursor (`since`) older than the server's change log (`ringbase_watch`):
+/// re-read what you follow, then watch from now.
+pub const RINGBASE_E_EXPIRED: c_int = -30823;
 
 /// A failed call: the status code and the detail for `ringbase_last_error`.
 #[derive(Debug)]
@@ -136,6 +139,7 @@ pub(crate) fn server_code(code: Option<ErrorCode>) -> c_int {
         Some(ErrorCode::InvalidQuery) => RINGBASE_E_INVALID_QUERY,
         Some(ErrorCode::ReadOnly) => RINGBASE_E_READ_ONLY,
         Some(ErrorCode::Budget) => RINGBASE_E_BUDGET,
+        Some(ErrorCode::Expired) => RINGBASE_E_EXPIRED,
         _ => RINGBASE_E_SERVER,
     }
 }
@@ -167,6 +171,7 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
         RINGBASE_E_INVALID_QUERY => c"invalid query",
         RINGBASE_E_READ_ONLY => c"queries are read-only",
         RINGBASE_E_BUDGET => c"the query ran past its budget",
+        RINGBASE_E_EXPIRED => c"the change log no longer holds the changes after this cursor",
         _ => c"unknown ringbase status code",
     }
 }
@@ -271,6 +276,7 @@ mod tests {
             RINGBASE_E_INVALID_QUERY,
             RINGBASE_E_READ_ONLY,
             RINGBASE_E_BUDGET,
+            RINGBASE_E_EXPIRED,
         ];
         let mut seen = std::collections::HashSet::new();
         for c in codes {

@@ -36,6 +36,7 @@ mod list;
 mod pipeline;
 mod query;
 mod search;
+mod watch;
 
 pub use batch::*;
 pub use error::*;
@@ -45,6 +46,7 @@ pub use list::*;
 pub use pipeline::*;
 pub use query::*;
 pub use search::*;
+pub use watch::*;
 
 /// Value kind: UTF-8 JSON text, validated by the server on put.
 pub const RINGBASE_JSON: c_int = 1;

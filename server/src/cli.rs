@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ringbase_client::{Client, FieldFilter, QueryOptions, Record, SqlValue, ValueKind, Version};
+use ringbase_client::{
+    Client, FieldFilter, QueryOptions, Record, SqlValue, ValueKind, Version, WatchEvent,
+};
 use serde_json::{json, Value};
 
 /// Exit code for a failure to reach the server or a server error.
@@ -203,6 +205,62 @@ pub fn search(name: &str, text: &str, limit: u32) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    })
+}
+
+/// `ringbase watch [--prefix P] [--since N] [--values] [--count N]`: JSON lines. An
+/// overflow marker (the watcher fell behind) prints `{"overflow": LAST}` and resumes
+/// after LAST, so nothing is missed while the server's change log holds it.
+pub fn watch(
+    name: &str,
+    prefix: &str,
+    since: Option<u64>,
+    values: bool,
+    count: Option<u64>,
+) -> ExitCode {
+    with_client(name, |c| {
+        if let Err(e) = c.watch(prefix, since, values) {
+            return fail(&e);
+        }
+        let mut out = std::io::stdout().lock();
+        let mut left = count.unwrap_or(u64::MAX);
+        while left > 0 {
+            let line = match c.next_event(None) {
+                Ok(Some(WatchEvent::Change(ch))) => {
+                    left -= 1;
+                    let mut o = json!({
+                        "seq": ch.seq,
+                        "txn": ch.txn,
+                        "key": ch.key,
+                        "kind": match ch.kind { ValueKind::Json => "json", ValueKind::Bytes => "bytes" },
+                        "deleted": ch.deleted,
+                        "version": version_json(&ch.version),
+                        "updated_at_ms": ch.updated_at_ms,
+                    });
+                    match (&ch.value, ch.kind) {
+                        (Some(v), ValueKind::Json) => {
+                            o["value"] = serde_json::from_slice(v).unwrap_or(Value::Null)
+                        }
+                        (Some(v), ValueKind::Bytes) => o["value_hex"] = Value::String(hex(v)),
+                        (None, _) if ch.value_omitted => o["value_omitted"] = Value::Bool(true),
+                        _ => {}
+                    }
+                    o
+                }
+                Ok(Some(WatchEvent::Overflow { last_seq })) => {
+                    if let Err(e) = c.watch(prefix, Some(last_seq), values) {
+                        return fail(&e);
+                    }
+                    json!({ "overflow": last_seq })
+                }
+                Ok(None) => continue,
+                Err(e) => return fail(&e),
+            };
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                break; // stdout closed
+            }
+        }
+        ExitCode::SUCCESS
     })
 }
 

@@ -60,30 +60,60 @@ impl Default for FeedLimits {
     }
 }
 
-/// One logged change.
+/// One logged change: where its key and value lie in its batch's `data`.
 #[derive(Debug)]
 struct Entry {
-    seq: u64,
-    txn: u64,
-    key: String,
+    key: (u32, u32),
+    /// The value, if it was at most [`MAX_LOGGED_VALUE`] bytes (never for a delete).
+    value: Option<(u32, u32)>,
     kind: ValueKind,
     deleted: bool,
     version: Version,
-    updated_at_ms: u64,
-    /// The value, if it was at most [`MAX_LOGGED_VALUE`] bytes (never for a delete).
-    value: Option<Vec<u8>>,
 }
 
-impl Entry {
+/// The changes of one committed transaction, packed: two allocations per commit on the
+/// writer thread, not several per change. Its changes have the sequence numbers
+/// `first ..` in order (a transaction's changes are numbered consecutively).
+#[derive(Debug)]
+struct Batch {
+    first: u64,
+    updated_at_ms: u64,
+    entries: Vec<Entry>,
+    /// Keys and logged values, back to back.
+    data: Vec<u8>,
+}
+
+impl Batch {
+    fn last(&self) -> u64 {
+        self.first + self.entries.len() as u64 - 1
+    }
+
     fn cost(&self) -> usize {
-        self.key.len() + self.value.as_ref().map_or(0, Vec::len) + CHANGE_OVERHEAD
+        self.data.len() + self.entries.len() * CHANGE_OVERHEAD
+    }
+
+    fn bytes(&self, (at, len): (u32, u32)) -> &[u8] {
+        &self.data[at as usize..(at + len) as usize]
+    }
+
+    fn key(&self, e: &Entry) -> &str {
+        // The bytes were copied from a `&str` in `Feed::committed`.
+        std::str::from_utf8(self.bytes(e.key)).unwrap_or_default()
     }
 }
 
 #[derive(Debug, Default)]
 struct Log {
-    entries: VecDeque<Arc<Entry>>,
+    batches: VecDeque<Arc<Batch>>,
+    changes: usize,
     bytes: usize,
+}
+
+impl Log {
+    /// The sequence number before the oldest logged change (`head` if none).
+    fn oldest(&self, head: u64) -> u64 {
+        self.batches.front().map_or(head, |b| b.first - 1)
+    }
 }
 
 /// Something to call when new changes are logged (a watcher's session).
@@ -145,7 +175,7 @@ impl Feed {
     /// open), while the log is empty; a no-op after changes were logged.
     pub fn resume_after(&self, last_seq: u64) {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        if log.entries.is_empty() {
+        if log.batches.is_empty() {
             self.head.store(last_seq, Ordering::Release);
         }
     }
@@ -163,10 +193,7 @@ impl Feed {
     /// The log holds the changes after this sequence number.
     pub fn oldest(&self) -> u64 {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        match log.entries.front() {
-            Some(e) => e.seq - 1,
-            None => self.head(),
-        }
+        log.oldest(self.head())
     }
 
     /// Starts a watch of the keys under `prefix`, after change `since` (`None`: from
@@ -222,48 +249,56 @@ impl Feed {
 
 impl CommitHook for Feed {
     fn committed(&self, commit: &Commit<'_>) {
-        let mut appended = 0;
+        let mut batch = Batch {
+            first: commit.first_seq(),
+            updated_at_ms: commit.updated_at_ms(),
+            entries: Vec::new(),
+            data: Vec::new(),
+        };
+        for c in commit.changes() {
+            debug_assert_eq!(c.seq, batch.first + batch.entries.len() as u64);
+            let mut put = |b: &[u8]| {
+                let at = batch.data.len() as u32;
+                batch.data.extend_from_slice(b);
+                (at, b.len() as u32)
+            };
+            let key = put(c.key.as_bytes());
+            let value = (!c.deleted && c.value.len() <= MAX_LOGGED_VALUE).then(|| put(c.value));
+            batch.entries.push(Entry {
+                key,
+                value,
+                kind: c.kind,
+                deleted: c.deleted,
+                version: c.version,
+            });
+        }
+        if batch.entries.is_empty() {
+            return;
+        }
         {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            let txn = commit.first_seq();
-            for c in commit.changes() {
-                let value =
-                    (!c.deleted && c.value.len() <= MAX_LOGGED_VALUE).then(|| c.value.to_vec());
-                let e = Entry {
-                    seq: c.seq,
-                    txn,
-                    key: c.key.to_string(),
-                    kind: c.kind,
-                    deleted: c.deleted,
-                    version: c.version,
-                    updated_at_ms: c.updated_at_ms,
-                    value,
-                };
-                log.bytes += e.cost();
-                log.entries.push_back(Arc::new(e));
-                appended += 1;
-            }
-            while log.entries.len() > self.limits.log_changes
-                || (log.bytes > self.limits.log_bytes && log.entries.len() > 1)
+            log.changes += batch.entries.len();
+            log.bytes += batch.cost();
+            let last = batch.last();
+            log.batches.push_back(Arc::new(batch));
+            while log.batches.len() > 1
+                && (log.changes > self.limits.log_changes || log.bytes > self.limits.log_bytes)
             {
-                let e = log.entries.pop_front().expect("non-empty");
-                log.bytes -= e.cost();
+                let b = log.batches.pop_front().expect("more than one");
+                log.changes -= b.entries.len();
+                log.bytes -= b.cost();
             }
-            if let Some(last) = log.entries.back() {
-                // SYNC POINT: pairs with the Acquire load in `head`; a watcher that
-                // sees the new head finds the entries under the lock.
-                self.head.store(last.seq, Ordering::Release);
-            }
+            // SYNC POINT: pairs with the Acquire load in `head`; a watcher that sees
+            // the new head finds the batch under the lock.
+            self.head.store(last, Ordering::Release);
         }
-        if appended > 0 {
-            for (_, notify) in self
-                .watchers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
-                notify();
-            }
+        for (_, notify) in self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            notify();
         }
     }
 }
@@ -345,56 +380,60 @@ impl Watch {
             return None;
         }
         let log = self.feed.log.lock().unwrap_or_else(|p| p.into_inner());
-        let first = log.entries.front().map_or(head + 1, |e| e.seq);
-        if self.cursor + 1 < first {
+        if self.cursor < log.oldest(head) {
             // The log dropped changes this watch had not read.
             drop(log);
             return Some(self.overflow());
         }
-        let start = (self.cursor + 1 - first) as usize;
+        // The batch holding the change after the cursor, and the ones after it.
+        let from = log.batches.partition_point(|b| b.last() <= self.cursor);
         let mut out = Vec::new();
         let mut bytes = 64;
-        for e in log.entries.range(start..) {
-            if !e.key.starts_with(&self.prefix) {
-                self.cursor = e.seq;
-                continue;
+        'batches: for b in log.batches.range(from..) {
+            let skip = (self.cursor + 1).saturating_sub(b.first) as usize;
+            for (i, e) in b.entries.iter().enumerate().skip(skip) {
+                let seq = b.first + i as u64;
+                let key = b.key(e);
+                if !key.starts_with(&self.prefix) {
+                    self.cursor = seq;
+                    continue;
+                }
+                let logged = e.value.map(|v| b.bytes(v));
+                let value = if self.with_values { logged } else { None };
+                let cost = key.len() + value.map_or(0, <[u8]>::len) + CHANGE_OVERHEAD;
+                // A value that cannot fit even alone goes by reference.
+                let (value, omitted, cost) = if cost + 64 > max_bytes {
+                    (
+                        None,
+                        self.with_values && !e.deleted,
+                        key.len() + CHANGE_OVERHEAD,
+                    )
+                } else {
+                    (
+                        value,
+                        self.with_values && !e.deleted && logged.is_none(),
+                        cost,
+                    )
+                };
+                if !out.is_empty()
+                    && (bytes + cost > max_bytes || out.len() >= MAX_CHANGES_PER_EVENT)
+                {
+                    break 'batches;
+                }
+                bytes += cost;
+                out.push(Change {
+                    seq,
+                    txn: b.first,
+                    key: key.to_string(),
+                    kind: e.kind,
+                    deleted: e.deleted,
+                    version: e.version,
+                    updated_at_ms: b.updated_at_ms,
+                    value: value.map(<[u8]>::to_vec),
+                    value_omitted: omitted,
+                });
+                self.cursor = seq;
             }
-            let value = if self.with_values {
-                e.value.as_ref()
-            } else {
-                None
-            };
-            let cost = e.key.len() + value.map_or(0, Vec::len) + CHANGE_OVERHEAD;
-            // A value that cannot fit even alone goes by reference.
-            let (value, omitted, cost) = if cost + 64 > max_bytes {
-                (
-                    None,
-                    self.with_values && !e.deleted,
-                    e.key.len() + CHANGE_OVERHEAD,
-                )
-            } else {
-                (
-                    value.cloned(),
-                    self.with_values && !e.deleted && e.value.is_none(),
-                    cost,
-                )
-            };
-            if !out.is_empty() && (bytes + cost > max_bytes || out.len() >= MAX_CHANGES_PER_EVENT) {
-                break;
-            }
-            bytes += cost;
-            out.push(Change {
-                seq: e.seq,
-                txn: e.txn,
-                key: e.key.clone(),
-                kind: e.kind,
-                deleted: e.deleted,
-                version: e.version,
-                updated_at_ms: e.updated_at_ms,
-                value,
-                value_omitted: omitted,
-            });
-            self.cursor = e.seq;
         }
         (!out.is_empty()).then_some(Event::Changes {
             watch: self.id,

@@ -114,6 +114,26 @@ enum Cmd {
         #[arg(long = "where", value_name = "PATH = JSON")]
         filter: Option<String>,
     },
+    /// Follow every committed change under a prefix, in commit order, one JSON object
+    /// per line (seq, txn, key, kind, deleted, version; the value with --values), until
+    /// interrupted.
+    Watch {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Resume after this change sequence number (from the server's change log).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Include the values.
+        #[arg(long)]
+        values: bool,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Full-text search over the string values of JSON records; one JSON object per hit
     /// (key, score, snippet), best first.
     Search {
@@ -207,6 +227,13 @@ fn main() -> ExitCode {
             limit,
             filter,
         } => cli::list(&name, &prefix, limit, filter.as_deref()),
+        Cmd::Watch {
+            name,
+            prefix,
+            since,
+            values,
+            count,
+        } => cli::watch(&name, &prefix, since, values, count),
         Cmd::Search { name, text, limit } => cli::search(&name, &text, limit.unwrap_or(0)),
         Cmd::Fulltext { name, state } => cli::fulltext(&name, state == "on"),
         Cmd::Index { name, cmd } => match cmd {

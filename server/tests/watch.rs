@@ -247,3 +247,53 @@ fn cursors_expire_values_travel_by_reference_when_large_and_sequence_numbers_sur
     let next = collect(&mut c, |g| g.len() == 1);
     assert_eq!(next[0].seq, head + 1);
 }
+
+#[test]
+fn cli_watch_prints_json_lines() {
+    let (rt, srv) = server("w-cli", &[]);
+    let mut c = srv.connect();
+    let start = c.watch("", None, false).unwrap();
+    c.unwatch().unwrap();
+    let mut cli = std::process::Command::new(ringbase_bin())
+        .args([
+            "watch", "--name", "w-cli", "--prefix", "c:", "--values", "--count", "3",
+        ])
+        .env("RINGBASE_RUNTIME_DIR", rt.path().join("run"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI's watch starts from now: keep writing until it has seen three changes.
+    let mut n = 0;
+    let exited = loop {
+        c.put_json(&format!("c:{n}"), &format!("{{\"n\":{n}}}"))
+            .unwrap();
+        c.put_json("skip", "0").unwrap();
+        n += 1;
+        if let Some(status) = cli.try_wait().unwrap() {
+            break status;
+        }
+        assert!(n < 20_000, "the CLI watcher did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(exited.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(cli.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for pair in lines.windows(2) {
+        // c: and skip alternate: consecutive c: changes are two apart.
+        assert_eq!(
+            pair[1]["seq"].as_u64().unwrap(),
+            pair[0]["seq"].as_u64().unwrap() + 2
+        );
+    }
+    let first = &lines[0];
+    assert!(first["seq"].as_u64().unwrap() > start.head);
+    let k = first["key"].as_str().unwrap();
+    let i: u64 = k[2..].parse().unwrap();
+    assert_eq!(first["value"], serde_json::json!({ "n": i }));
+    assert_eq!(first["kind"], "json");
+}

@@ -90,7 +90,7 @@ static void test_static_functions(void) {
         RINGBASE_E_STORAGE, RINGBASE_E_AGAIN, RINGBASE_E_INTERNAL, RINGBASE_E_NOMEM,
         RINGBASE_E_CORRUPT, RINGBASE_E_BAD_REQUEST, RINGBASE_E_UNSUPPORTED,
         RINGBASE_E_SHUTTING_DOWN, RINGBASE_E_SERVER, RINGBASE_E_IO, RINGBASE_E_TIMEOUT,
-        RINGBASE_E_INVALID_QUERY, RINGBASE_E_READ_ONLY, RINGBASE_E_BUDGET,
+        RINGBASE_E_INVALID_QUERY, RINGBASE_E_READ_ONLY, RINGBASE_E_BUDGET, RINGBASE_E_EXPIRED,
     };
     const char *unknown = ringbase_strerror(12345);
     CHECK(unknown != NULL && *unknown);
@@ -158,6 +158,10 @@ static void test_null_handles(void) {
     ringbase_hits *hits = NULL;
     CHECK_RC(ringbase_search(NULL, K("x"), 0, &hits), RINGBASE_E_INVALID);
     CHECK_RC(ringbase_fulltext(NULL, 1, NULL), RINGBASE_E_INVALID);
+    ringbase_event ev;
+    CHECK_RC(ringbase_watch(NULL, K("a"), -1, 0, NULL), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_unwatch(NULL), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_next_event(NULL, &ev, 0), RINGBASE_E_INVALID);
     CHECK(ringbase_hits_count(NULL) == 0);
     CHECK_RC(ringbase_hits_next(NULL, &ck, &n, NULL, NULL, NULL), RINGBASE_E_INVALID);
     ringbase_hits_free(NULL);
@@ -607,6 +611,47 @@ static void test_query(ringbase_client *c) {
     CHECK_RC(ringbase_fulltext(c, 0, NULL), RINGBASE_OK);
 }
 
+static void test_watch(ringbase_client *c) {
+    ringbase_event ev;
+    uint64_t head = 0;
+    CHECK_RC(ringbase_next_event(c, &ev, 0), RINGBASE_E_INVALID); /* no watch yet */
+    CHECK_RC(ringbase_watch(c, K("wt:"), -1, 1, &head), RINGBASE_OK);
+    CHECK_RC(ringbase_next_event(c, &ev, 0), RINGBASE_E_AGAIN);
+    CHECK_RC(ringbase_put(c, K("other:1"), K("1"), RINGBASE_JSON), RINGBASE_OK);
+    CHECK_RC(ringbase_put(c, K("wt:1"), K("{\"a\":1}"), RINGBASE_JSON), RINGBASE_OK);
+    ringbase_batch *b = NULL;
+    CHECK_RC(ringbase_batch_begin(c, &b), RINGBASE_OK);
+    CHECK_RC(ringbase_batch_put(b, K("wt:2"), K("2"), RINGBASE_JSON), RINGBASE_OK);
+    CHECK_RC(ringbase_batch_put(b, K("wt:3"), K("xyz"), RINGBASE_BYTES), RINGBASE_OK);
+    CHECK_RC(ringbase_batch_commit(b), RINGBASE_OK);
+    CHECK_RC(ringbase_delete(c, K("wt:1")), RINGBASE_OK);
+
+    CHECK_RC(ringbase_next_event(c, &ev, 5000), RINGBASE_OK);
+    CHECK(ev.type == RINGBASE_EVENT_CHANGE && ev.seq == head + 2); /* other:1 was head+1 */
+    CHECK(strcmp(ev.key, "wt:1") == 0 && ev.key_len == 4 && ev.kind == RINGBASE_JSON);
+    CHECK(ev.value_len == 7 && memcmp(ev.value, "{\"a\":1}", 7) == 0 && !ev.deleted);
+    CHECK(ev.hlc > 0 && ev.replica_seq > 0 && ev.updated_at_ms > 0);
+    CHECK_RC(ringbase_next_event(c, &ev, -1), RINGBASE_OK);
+    uint64_t txn = ev.txn;
+    CHECK(strcmp(ev.key, "wt:2") == 0 && ev.seq == head + 3 && txn == head + 3);
+    CHECK_RC(ringbase_next_event(c, &ev, 5000), RINGBASE_OK);
+    CHECK(strcmp(ev.key, "wt:3") == 0 && ev.txn == txn && ev.kind == RINGBASE_BYTES);
+    CHECK(ev.value_len == 3 && memcmp(ev.value, "xyz", 3) == 0);
+    CHECK_RC(ringbase_next_event(c, &ev, 5000), RINGBASE_OK);
+    CHECK(strcmp(ev.key, "wt:1") == 0 && ev.deleted && ev.value == NULL && !ev.value_omitted);
+    CHECK_RC(ringbase_next_event(c, &ev, 10), RINGBASE_E_AGAIN);
+    CHECK_RC(ringbase_next_event(c, NULL, 0), RINGBASE_E_INVALID);
+
+    /* Resume from a cursor: the batch and the delete again. */
+    CHECK_RC(ringbase_watch(c, K("wt:"), (int64_t)(head + 2), 0, NULL), RINGBASE_OK);
+    CHECK_RC(ringbase_next_event(c, &ev, 5000), RINGBASE_OK);
+    CHECK(ev.seq == head + 3 && ev.value == NULL);
+    CHECK_RC(ringbase_unwatch(c), RINGBASE_OK);
+    CHECK_RC(ringbase_next_event(c, &ev, 0), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_watch(c, K("wt:"), (int64_t)(head + 1000), 0, NULL), RINGBASE_E_BAD_REQUEST);
+    CHECK_RC(ringbase_watch(c, NULL, 3, -1, 0, NULL), RINGBASE_E_INVALID);
+}
+
 static void test_pipeline(ringbase_client *c) {
     ringbase_completion done;
     uint64_t t[6] = {0};
@@ -862,6 +907,7 @@ int main(void) {
     test_batch(c);
     test_list(c);
     test_query(c);
+    test_watch(c);
     test_pipeline(c);
     test_second_client(name);
     test_connect_with(name, server_bin);
