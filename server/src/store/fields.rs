@@ -6,9 +6,9 @@
 //! write into SQL text, which an expression index needs: SQLite uses an index on an
 //! expression only for the same expression, literal path included.
 //!
-//! The expression is the one the query view's `value` column is made of, so an index
-//! serves `list` filters and queries alike (`json_extract(value, '$.type') = ?` on
-//! the `records` view flattens to it).
+//! The expression reads the table's `json` column (schema v2), which the query view
+//! shows as `value`, so an index serves `list` filters and queries alike
+//! (`json_extract(value, '$.type') = ?` on the `records` view flattens to it).
 
 use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::ToSql;
@@ -76,11 +76,7 @@ impl JsonPath {
     /// The SQL expression of this field over the `records` table (see the module docs).
     /// The path's characters are all safe inside a string literal.
     pub(super) fn expr(&self) -> String {
-        format!(
-            "json_extract({}, '{}')",
-            super::schema::json_value_expr!(),
-            self.0
-        )
+        format!("json_extract(json, '{}')", self.0)
     }
 
     /// The SQLite name of this field's index (a quoted identifier).

@@ -13,7 +13,6 @@
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 
 use super::error::StoreError;
-use super::schema::json_value_expr;
 
 /// The text of a JSON document `X`: its string leaves joined by newlines (NULL if none).
 macro_rules! leaves_of {
@@ -31,10 +30,10 @@ const ENABLE: &str = concat!(
     "CREATE TABLE fts_docs(docid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
      CREATE VIRTUAL TABLE fts USING fts5(text, tokenize = 'unicode61 remove_diacritics 2');
      INSERT INTO fts_docs(key) SELECT r.key FROM records AS r WHERE ",
-    leaves_of!(json_value_expr!("r.")),
+    leaves_of!("r.json"),
     " IS NOT NULL ORDER BY r.key;
      INSERT INTO fts(rowid, text) SELECT d.docid, ",
-    leaves_of!(json_value_expr!("r.")),
+    leaves_of!("r.json"),
     " FROM fts_docs AS d JOIN records AS r ON r.key = d.key;"
 );
 

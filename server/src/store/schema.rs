@@ -41,6 +41,19 @@ const MIGRATIONS: &[&str] = &[
         deleted    INTEGER NOT NULL DEFAULT 0
     ) STRICT, WITHOUT ROWID;
     CREATE TABLE meta(k TEXT NOT NULL PRIMARY KEY, v BLOB) WITHOUT ROWID;",
+    // v2: `json`, a live JSON record's value as text, else NULL (a virtual column:
+    // computed when read, stored only in the indexes built on it). It is the query
+    // view's `value` and the base of every JSON-field index: the view selects the
+    // column itself, because SQLite matches an index expression against a view's
+    // column only when that column is a plain column reference. A tombstone (empty
+    // value, `deleted = 1`, the kind of the record it removed) is NULL too, so JSON
+    // functions never see its empty text, whatever order SQLite evaluates conditions
+    // in. The guard tests the empty value, not `deleted`: SQLite propagates a
+    // `deleted = 0` WHERE term into other terms (a `deleted = 0` inside the CASE would
+    // fold to true) and may evaluate them first. A live JSON value is never empty, and
+    // `length` of a blob reads no content.
+    "ALTER TABLE records ADD COLUMN json TEXT GENERATED ALWAYS AS
+        (CASE WHEN kind = 1 AND length(value) > 0 THEN CAST(value AS TEXT) END) VIRTUAL;",
 ];
 
 /// The newest schema version this build knows.
@@ -132,56 +145,22 @@ pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A live JSON record's value as text, else NULL: the `value` of the query view, and the
-/// base of every JSON-field expression, so that an index on a field serves both. A
-/// tombstone (empty value, `deleted = 1`, the kind of the record it removed) is NULL
-/// too: JSON functions must never see its empty text, whatever order SQLite evaluates
-/// the conditions in. The guard tests the empty value, not `deleted`: SQLite propagates
-/// a `deleted = 0` term of the WHERE clause into other terms (so `deleted = 0` inside
-/// the CASE would fold to true) and may evaluate them first. A live JSON value is
-/// never empty (it parsed as JSON), and `length` of a blob reads no content.
-///
-/// `json_value_expr!()` names the columns bare (as an index expression must);
-/// `json_value_expr!("r.")` qualifies them, for places where a bare `value` would mean
-/// another table's column (inside `json_tree(...)`, whose own column is `value`).
-macro_rules! json_value_expr {
-    () => {
-        $crate::store::schema::json_value_expr!("")
-    };
-    ($t:literal) => {
-        concat!(
-            "CASE WHEN ",
-            $t,
-            "kind = 1 AND length(",
-            $t,
-            "value) > 0 THEN CAST(",
-            $t,
-            "value AS TEXT) END"
-        )
-    };
-}
-pub(super) use json_value_expr;
-
 /// The `records` view that queries see: live records only, the kind as `'json'` or
 /// `'bytes'`, a JSON record's value as text in `value` (so SQLite's JSON functions read
 /// it) and a bytes record's value as a blob in `bytes` (each NULL for the other kind, so
 /// `json_extract(value, ...)` never meets a blob), and the version's fields. A TEMP
 /// view, so it shadows the table of the same name for unqualified names and needs no
 /// migration.
-const RECORDS_VIEW: &str = concat!(
-    "CREATE TEMP VIEW records AS SELECT
+const RECORDS_VIEW: &str = "CREATE TEMP VIEW records AS SELECT
     key,
     CASE kind WHEN 1 THEN 'json' ELSE 'bytes' END AS kind,
-    ",
-    json_value_expr!(),
-    " AS value,
+    json AS value,
     CASE kind WHEN 1 THEN NULL ELSE value END AS bytes,
     updated_at,
     hlc,
     lower(hex(replica)) AS replica,
     seq
-  FROM main.records WHERE deleted = 0"
-);
+  FROM main.records WHERE deleted = 0";
 
 /// Open a read-only connection for queries: the `records` view (see [`RECORDS_VIEW`]),
 /// then `query_only`. Sorts and temporary tables of large queries go to temporary

@@ -1448,17 +1448,33 @@ fn field_filters_and_json_indexes() {
         path.expr()
     );
     assert!(
-        plan(&raw, &list_sql).contains("json:$.type"),
+        plan(&raw, &list_sql).contains("USING INDEX json:$.type (<expr>=?"),
         "{}",
         plan(&raw, &list_sql)
     );
     let q = store.query_connection().unwrap();
     let view_sql = "SELECT key FROM records WHERE json_extract(value, '$.type') = 'enemy'";
     assert!(
-        plan(&q, view_sql).contains("json:$.type"),
+        plan(&q, view_sql).contains("USING INDEX json:$.type (<expr>=?"),
         "{}",
         plan(&q, view_sql)
     );
+    let view_param = "SELECT key FROM records WHERE json_extract(value, '$.type') = ?1 LIMIT 9";
+    let mut st = q
+        .prepare(&format!("EXPLAIN QUERY PLAN {view_param}"))
+        .unwrap();
+    let detail: Vec<String> = st
+        .query_map(["enemy"], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(
+        detail
+            .join("; ")
+            .contains("USING INDEX json:$.type (<expr>=?"),
+        "{detail:?}"
+    );
+    drop(st);
     drop((raw, q));
 
     // Writes after the index keep it right; it survives a reopen.
