@@ -279,8 +279,8 @@ fn run(cfg: &Config) -> Result<()> {
     })?;
     let b = time_n(samples, |i| {
         let mut st = base.prepare_cached(
-            "SELECT rowid, -bm25(fts), snippet(fts, 0, '[', ']', '…', 12) FROM fts
-             WHERE fts MATCH ?1 ORDER BY bm25(fts) LIMIT 20",
+            "SELECT rowid, -rank, snippet(fts, 0, '[', ']', '…', 12) FROM fts
+             WHERE fts MATCH ?1 ORDER BY rank LIMIT 20",
         )?;
         let n = st
             .query_map([format!("\"{}\"", WORDS[i % WORDS.len()])], |r| {
@@ -303,8 +303,8 @@ fn run(cfg: &Config) -> Result<()> {
     })?;
     let b = time_n(samples, |i| {
         let mut st = base.prepare_cached(
-            "SELECT rowid, -bm25(fts), snippet(fts, 0, '[', ']', '…', 12) FROM fts
-             WHERE fts MATCH ?1 ORDER BY bm25(fts) LIMIT 20",
+            "SELECT rowid, -rank, snippet(fts, 0, '[', ']', '…', 12) FROM fts
+             WHERE fts MATCH ?1 ORDER BY rank LIMIT 20",
         )?;
         let q = format!(
             "\"{}\" \"{}\"",

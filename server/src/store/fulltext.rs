@@ -121,7 +121,12 @@ pub(super) fn match_expr(text: &str) -> Result<String, StoreError> {
     Ok(words.join(" "))
 }
 
-/// The search over `fts`: best first (FTS5's bm25 is lower for better matches).
-pub(super) const SEARCH: &str = "SELECT d.key, -bm25(fts), snippet(fts, 0, '[', ']', '…', 12)
-    FROM fts JOIN fts_docs AS d ON d.docid = fts.rowid
-    WHERE fts MATCH ?1 ORDER BY bm25(fts) LIMIT ?2";
+/// The search over `fts`: best first. `ORDER BY rank` (bm25, lower for better matches)
+/// inside the subquery lets FTS5 sort the matches itself, so the snippet is made only
+/// for the hits returned and only they are joined to their keys (ordering by
+/// `bm25(fts)` made a snippet and a key lookup for every match: 110 ms instead of
+/// a few for a common word in 1M records).
+pub(super) const SEARCH: &str = "SELECT d.key, h.score, h.snip FROM (
+        SELECT rowid, -rank AS score, snippet(fts, 0, '[', ']', '…', 12) AS snip
+        FROM fts WHERE fts MATCH ?1 ORDER BY rank LIMIT ?2
+    ) AS h JOIN fts_docs AS d ON d.docid = h.rowid ORDER BY h.score DESC";
