@@ -36,6 +36,8 @@ class StatusInfo(ctypes.Structure):
         ("replica_id", c_uint8 * 16),
         ("data_dir", c_char_p),
         ("version", c_char_p),
+        ("indexes", c_char_p),
+        ("fulltext", c_int),
     ]
 
 

@@ -417,6 +417,16 @@ typedef struct ringbase_status_info {
    * handle, valid until the next call on it.
    */
   const char *version;
+  /**
+   * The JSON paths with an index (`ringbase_index_create`), one per line (`"\n"`
+   * between them, `""` if none): NUL-terminated, owned by the client handle, valid
+   * until the next call on it.
+   */
+  const char *indexes;
+  /**
+   * 1 if the full-text index is on (`ringbase_fulltext`), else 0.
+   */
+  int fulltext;
 } ringbase_status_info;
 
 /**
@@ -846,7 +856,7 @@ int ringbase_max_value_len(struct ringbase_client *c,
 /**
  * Fills `*info` with the server's status.
  *
- * Ownership: `info` is the caller's; its `data_dir` and `version` strings belong to
+ * Ownership: `info` is the caller's; its `data_dir`, `version` and `indexes` strings belong to
  * `c` and stay valid until the next call on `c` other than `ringbase_last_error`
  * (copy them to keep them).
  *

@@ -574,11 +574,17 @@ pub struct ringbase_status_info {
     /// The server's version, e.g. `"0.1.0"`: NUL-terminated, owned by the client
     /// handle, valid until the next call on it.
     pub version: *const c_char,
+    /// The JSON paths with an index (`ringbase_index_create`), one per line (`"\n"`
+    /// between them, `""` if none): NUL-terminated, owned by the client handle, valid
+    /// until the next call on it.
+    pub indexes: *const c_char,
+    /// 1 if the full-text index is on (`ringbase_fulltext`), else 0.
+    pub fulltext: c_int,
 }
 
 /// Fills `*info` with the server's status.
 ///
-/// Ownership: `info` is the caller's; its `data_dir` and `version` strings belong to
+/// Ownership: `info` is the caller's; its `data_dir`, `version` and `indexes` strings belong to
 /// `c` and stay valid until the next call on `c` other than `ringbase_last_error`
 /// (copy them to keep them).
 ///
@@ -598,6 +604,7 @@ pub unsafe extern "C" fn ringbase_status(
         let s = st.settle()?.status()?;
         st.out_data_dir = crate::error::c_message(&s.data_dir);
         st.out_version = crate::error::c_message(&s.version);
+        st.out_indexes = crate::error::c_message(&s.indexes.join("\n"));
         Ok(ringbase_status_info {
             records: s.records,
             uptime_ms: s.uptime_ms,
@@ -608,6 +615,8 @@ pub unsafe extern "C" fn ringbase_status(
             replica_id: s.replica_id,
             data_dir: st.out_data_dir.as_ptr(),
             version: st.out_version.as_ptr(),
+            indexes: st.out_indexes.as_ptr(),
+            fulltext: c_int::from(s.fulltext),
         })
     };
     // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's

@@ -272,12 +272,14 @@ fn run(cfg: &Config) -> Result<()> {
          INSERT INTO fts(rowid, text) SELECT rowid, json_extract(value, '$.name') FROM records;",
     )?;
     let base_fts_build_s = t.elapsed().as_secs_f64();
-    let rb = time_n(samples, |i| {
+    // A search ranks every match (tens of ms over 1M records): fewer samples.
+    let searches = samples.min(300);
+    let rb = time_n(searches, |i| {
         let hits = c.search(WORDS[i % WORDS.len()], 20)?;
         assert!(!hits.is_empty());
         Ok(())
     })?;
-    let b = time_n(samples, |i| {
+    let b = time_n(searches, |i| {
         let mut st = base.prepare_cached(
             "SELECT rowid, -rank, snippet(fts, 0, '[', ']', '…', 12) FROM fts
              WHERE fts MATCH ?1 ORDER BY rank LIMIT 20",
@@ -292,7 +294,7 @@ fn run(cfg: &Config) -> Result<()> {
     })?;
     print_row("search one word, 20 hits", &rb, Some(&b));
     rows.push(row("search_one_word", &rb, Some(&b)));
-    let rb = time_n(samples, |i| {
+    let rb = time_n(searches, |i| {
         let text = format!(
             "{} {}",
             WORDS[(i * 7) % WORDS.len()],
@@ -301,7 +303,7 @@ fn run(cfg: &Config) -> Result<()> {
         c.search(&text, 20)?;
         Ok(())
     })?;
-    let b = time_n(samples, |i| {
+    let b = time_n(searches, |i| {
         let mut st = base.prepare_cached(
             "SELECT rowid, -rank, snippet(fts, 0, '[', ']', '…', 12) FROM fts
              WHERE fts MATCH ?1 ORDER BY rank LIMIT 20",
@@ -351,6 +353,30 @@ fn run(cfg: &Config) -> Result<()> {
             "events_per_s_per_watcher": r.events_per_s,
         }));
     }
+    // A watcher that stops reading must not slow the writers: pipelined puts with no
+    // watcher and with one stalled watcher (its 16 KiB event ring full), alternated.
+    watchdog.arm("stalled watcher", Duration::from_secs(600));
+    let per_run = if cfg.quick { 10_000 } else { 50_000 };
+    let (mut free, mut stalled) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        free.push(pipelined_puts(&mut c, &format!("free{round}:"), per_run)?);
+        let mut sopts = opts.clone();
+        sopts.rings.event = 16 * 1024;
+        let mut idle = Client::connect_with(sopts)?;
+        idle.watch(&format!("stall{round}:"), None, false)?;
+        stalled.push(pipelined_puts(&mut c, &format!("stall{round}:"), per_run)?);
+        drop(idle);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0] + v[1]) / 2.0
+    };
+    let (free, stalled) = (med(&mut free), med(&mut stalled));
+    println!();
+    println!(
+        "Pipelined puts/s while a watcher has stopped reading: {stalled:.0} (no watcher, same run: {free:.0}; ratio {:.2}).",
+        stalled / free
+    );
     watchdog.disarm();
     drop(server);
     let results = json!({
@@ -362,6 +388,8 @@ fn run(cfg: &Config) -> Result<()> {
         "baseline_fts_build_s": base_fts_build_s,
         "rows": rows,
         "feed": feed_rows,
+        "puts_per_s_no_watcher": free,
+        "puts_per_s_stalled_watcher": stalled,
     });
     write_json(&cfg.json, &results).map_err(|e| e.to_string())?;
     eprintln!("results written to {}", cfg.json.display());
@@ -421,6 +449,27 @@ fn baseline(dir: &Path, n: usize) -> Result<rusqlite::Connection> {
     tx.commit()?;
     conn.execute_batch("CREATE INDEX ix_type ON records(json_extract(value, '$.type'));")?;
     Ok(conn)
+}
+
+/// Puts `n` records under `prefix` in pipelined windows of 64; puts per second.
+fn pipelined_puts(c: &mut Client, prefix: &str, n: usize) -> Result<f64> {
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let w = 64.min(n - i);
+        for j in 0..w {
+            c.send(&Request::Put {
+                key: format!("{prefix}{:08}", i + j),
+                value: b"{\"x\":3}".to_vec(),
+                kind: ValueKind::Json,
+            })?;
+        }
+        for _ in 0..w {
+            c.recv()?;
+        }
+        i += w;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 struct FeedResult {
@@ -491,23 +540,7 @@ fn feed_phase(opts: &ConnectOptions, watchers: usize, n: usize, quick: bool) -> 
         std::thread::sleep(Duration::from_micros(200));
     }
     // Throughput: pipelined puts, windows of 64.
-    let t = Instant::now();
-    let mut i = 0;
-    while i < throughput_keys {
-        let w = 64.min(throughput_keys - i);
-        for j in 0..w {
-            c.send(&Request::Put {
-                key: format!("{tag}bulk{:08}", i + j),
-                value: b"{\"x\":2}".to_vec(),
-                kind: ValueKind::Json,
-            })?;
-        }
-        for _ in 0..w {
-            c.recv()?;
-        }
-        i += w;
-    }
-    let puts_per_s = throughput_keys as f64 / t.elapsed().as_secs_f64();
+    let puts_per_s = pipelined_puts(&mut c, &format!("{tag}bulk"), throughput_keys)?;
     let mut rates = Vec::new();
     for h in handles {
         let (_, rate) = h.join().map_err(|_| "watcher panicked")??;

@@ -561,6 +561,9 @@ static void test_query(ringbase_client *c) {
             CHECK(changed == 1);
             CHECK_RC(ringbase_index_create(c, K("$.type"), &changed), RINGBASE_OK);
             CHECK(changed == 0);
+            ringbase_status_info info;
+            CHECK_RC(ringbase_status(c, &info), RINGBASE_OK);
+            CHECK(strcmp(info.indexes, "$.type") == 0 && info.fulltext == 0);
         }
     }
     CHECK_RC(ringbase_index_drop(c, K("$.type"), &changed), RINGBASE_OK);
