@@ -326,6 +326,21 @@ pub(crate) unsafe fn bytes<'a>(p: *const c_void, len: usize, name: &str) -> FRes
     Ok(unsafe { std::slice::from_raw_parts(p as *const u8, len) })
 }
 
+/// A text argument from C: `len` bytes of UTF-8 at `p`, which must not be NULL (an
+/// empty text may be given as any non-NULL pointer with length 0).
+///
+/// # Safety
+///
+/// As for [`bytes`].
+pub(crate) unsafe fn text<'a>(p: *const c_char, len: usize, name: &str) -> FResult<&'a str> {
+    if p.is_null() {
+        return Err(Failure::invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: forwarded contract.
+    let b = unsafe { bytes(p as *const c_void, len, name) }?;
+    std::str::from_utf8(b).map_err(|_| Failure::invalid(format!("{name} is not UTF-8")))
+}
+
 /// A key from C: at most `MAX_KEY_LEN` bytes of UTF-8 (emptiness is the server's call).
 ///
 /// # Safety

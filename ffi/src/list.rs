@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ::ringbase_client::{FieldFilter, Record};
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{bytes, enter, fail, free_box, handle, key as key_arg, kind_code, on_state};
+use crate::handle::{enter, fail, free_box, handle, key as key_arg, kind_code, on_state, text};
 use crate::handle::{out, out_opt, ringbase_client, Shared, State};
 
 /// Records asked for per request (the server may return fewer: it caps a page at what
@@ -184,19 +184,16 @@ pub unsafe extern "C" fn ringbase_list_where(
                 "ringbase_list_where must come before the first ringbase_list_next",
             ));
         }
-        let text = |p: *const c_char, len: usize, name: &str| -> Result<String, Failure> {
-            if p.is_null() {
-                return Err(Failure::invalid(format!("{name} is NULL")));
-            }
-            // SAFETY: `len` readable bytes (caller's contract).
-            let b = unsafe { bytes(p as *const c_void, len, name) }?;
-            std::str::from_utf8(b)
-                .map(str::to_string)
-                .map_err(|_| Failure::invalid(format!("{name} is not UTF-8")))
+        // SAFETY: `path_len` and `value_len` readable bytes (caller's contract).
+        let (path, value) = unsafe {
+            (
+                text(path, path_len, "path")?,
+                text(value, value_len, "value")?,
+            )
         };
         it.cursor.filter = Some(FieldFilter {
-            path: text(path, path_len, "path")?,
-            value: text(value, value_len, "value")?,
+            path: path.to_string(),
+            value: value.to_string(),
         });
         Ok(())
     })

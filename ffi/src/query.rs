@@ -7,7 +7,7 @@ use std::time::Duration;
 use ::ringbase_client::{QueryOptions, SqlValue};
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{bytes, enter, free_box, handle, out, ringbase_client};
+use crate::handle::{bytes, enter, free_box, handle, out, ringbase_client, text};
 
 /// `ringbase_value.type`: SQL NULL.
 pub const RINGBASE_SQL_NULL: c_int = 0;
@@ -191,12 +191,8 @@ pub unsafe extern "C" fn ringbase_query(
         // SAFETY: NULL or writable (caller's contract).
         let out = unsafe { crate::handle::out(out, "out") }?;
         *out = null_mut();
-        if sql.is_null() {
-            return Err(Failure::invalid("sql is NULL"));
-        }
         // SAFETY: `sql_len` readable bytes (caller's contract).
-        let sql = unsafe { bytes(sql as *const c_void, sql_len, "sql") }?;
-        let sql = std::str::from_utf8(sql).map_err(|_| Failure::invalid("sql is not UTF-8"))?;
+        let sql = unsafe { text(sql, sql_len, "sql") }?;
         let params: &[ringbase_value] = match (params.is_null(), n_params) {
             (_, 0) => &[],
             (true, _) => return Err(Failure::invalid("params is NULL but n_params > 0")),
@@ -445,12 +441,8 @@ unsafe fn index_call(
     // SAFETY: `c` is NULL or a live handle (caller's contract).
     let h = unsafe { handle(c) };
     enter(h, |st| {
-        if path.is_null() {
-            return Err(Failure::invalid("path is NULL"));
-        }
         // SAFETY: `path_len` readable bytes (caller's contract).
-        let path = unsafe { bytes(path as *const c_void, path_len, "path") }?;
-        let path = std::str::from_utf8(path).map_err(|_| Failure::invalid("path is not UTF-8"))?;
+        let path = unsafe { text(path, path_len, "path") }?;
         let client = st.settle()?;
         let did = if create {
             client.create_index(path)?

@@ -1,10 +1,10 @@
 //! Full-text search and its hits.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 use std::ptr::null_mut;
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{bytes, enter, free_box, handle, out, out_opt, ringbase_client};
+use crate::handle::{enter, free_box, handle, out, out_opt, ringbase_client, text as text_arg};
 
 /// The hits of a full-text search (opaque), made by `ringbase_search` and freed by
 /// `ringbase_hits_free`; owned by the caller.
@@ -58,12 +58,8 @@ pub unsafe extern "C" fn ringbase_search(
         // SAFETY: NULL or writable (caller's contract).
         let out = unsafe { crate::handle::out(out, "out") }?;
         *out = null_mut();
-        if text.is_null() {
-            return Err(Failure::invalid("text is NULL"));
-        }
         // SAFETY: `text_len` readable bytes (caller's contract).
-        let text = unsafe { bytes(text as *const c_void, text_len, "text") }?;
-        let text = std::str::from_utf8(text).map_err(|_| Failure::invalid("text is not UTF-8"))?;
+        let text = unsafe { text_arg(text, text_len, "text") }?;
         let hits = st.settle()?.search(text, limit)?;
         *out = Box::into_raw(Box::new(ringbase_hits {
             hits: hits
