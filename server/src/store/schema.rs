@@ -130,18 +130,26 @@ pub fn open_checkpointer(db: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Open a read-only connection for a [`super::Reader`].
-pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
+/// A read-only connection with the readers' settings; temporary tables and sorts in
+/// memory, or (`temp_in_memory` false) in temporary files.
+fn open_read_only(db: &Path, temp_in_memory: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags_and_vfs(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         VFS,
     )?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    let temp = if temp_in_memory { "MEMORY" } else { "FILE" };
+    conn.pragma_update(None, "temp_store", temp)?;
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
-    conn.pragma_update(None, "query_only", true)?;
     set_mmap(&conn)?;
+    Ok(conn)
+}
+
+/// Open a read-only connection for a [`super::Reader`].
+pub fn open_reader(db: &Path) -> Result<Connection, StoreError> {
+    let conn = open_read_only(db, true)?;
+    conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
 }
 
@@ -166,15 +174,7 @@ const RECORDS_VIEW: &str = "CREATE TEMP VIEW records AS SELECT
 /// then `query_only`. Sorts and temporary tables of large queries go to temporary
 /// files rather than the heap.
 pub fn open_query(db: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags_and_vfs(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        VFS,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
-    conn.pragma_update(None, "temp_store", "FILE")?;
-    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
-    set_mmap(&conn)?;
+    let conn = open_read_only(db, false)?;
     // Before query_only, which refuses even TEMP schema changes.
     conn.execute_batch(RECORDS_VIEW)?;
     conn.pragma_update(None, "query_only", true)?;
