@@ -357,26 +357,12 @@ fn row_limit_frame_limit_and_length_limit() {
 
 #[test]
 fn cli_query_prints_json_lines_or_a_table() {
-    let (rt, srv) = server("q-cli");
+    let (_rt, srv) = server("q-cli");
     let mut c = srv.connect();
     c.put_json("e:1", r#"{"type":"enemy","hp":3}"#).unwrap();
     c.put_json("e:2", r#"{"type":"enemy","hp":4}"#).unwrap();
     c.put("b", &[1, 2], ValueKind::Bytes).unwrap();
-    let run = rt.path().join("run");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(ringbase_bin())
-            .arg("query")
-            .args(args)
-            .args(["--name", "q-cli"])
-            .env("RINGBASE_RUNTIME_DIR", &run)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| srv.cli(&[&["query"], args].concat());
     let (code, out, _) = cli(&[
         "SELECT key, json_extract(value, '$.hp') AS hp FROM records WHERE json_extract(value, '$.type') = ? ORDER BY key",
         "--params",
@@ -498,27 +484,22 @@ fn list_where_filters_on_a_json_field_with_or_without_an_index() {
 
     // The CLI: list --where, index create/list/drop; the index survives a restart.
     let run = rt.path().join("run");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(ringbase_bin())
-            .args(args)
-            .args(["--name", "q-where"])
-            .env("RINGBASE_RUNTIME_DIR", &run)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+    let cli = |srv: &ServerProc, args: &[&str]| {
+        let (code, out, _) = srv.cli(args);
+        (code, out)
     };
-    let (code, out) = cli(&[
-        "list",
-        "--prefix",
-        "u:",
-        "--where",
-        "$.lvl = 2",
-        "--limit",
-        "3",
-    ]);
+    let (code, out) = cli(
+        &srv,
+        &[
+            "list",
+            "--prefix",
+            "u:",
+            "--where",
+            "$.lvl = 2",
+            "--limit",
+            "3",
+        ],
+    );
     assert_eq!(code, Some(0));
     let keys: Vec<String> = out
         .lines()
@@ -530,8 +511,8 @@ fn list_where_filters_on_a_json_field_with_or_without_an_index() {
         })
         .collect();
     assert_eq!(keys, want_lvl2[..3]);
-    assert_eq!(cli(&["index", "create", "$.lvl"]).0, Some(0));
-    assert_eq!(cli(&["index", "list"]).1, "$.lvl\n$.type\n");
+    assert_eq!(cli(&srv, &["index", "create", "$.lvl"]).0, Some(0));
+    assert_eq!(cli(&srv, &["index", "list"]).1, "$.lvl\n$.type\n");
     drop(c);
     let mut srv = srv;
     srv.terminate();
@@ -539,16 +520,16 @@ fn list_where_filters_on_a_json_field_with_or_without_an_index() {
     let mut c = srv.connect();
     assert_eq!(c.status().unwrap().indexes, ["$.lvl", "$.type"]);
     assert_eq!(pages(&mut c, &lvl2), want_lvl2);
-    let (code, out) = cli(&["index", "drop", "$.lvl"]);
+    let (code, out) = cli(&srv, &["index", "drop", "$.lvl"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("\"dropped\":true"), "{out}");
-    assert_eq!(cli(&["index", "list"]).1, "$.type\n");
-    assert_eq!(cli(&["list", "--where", "nonsense"]).0, Some(2));
+    assert_eq!(cli(&srv, &["index", "list"]).1, "$.type\n");
+    assert_eq!(cli(&srv, &["list", "--where", "nonsense"]).0, Some(2));
 }
 
 #[test]
 fn fulltext_search_follows_writes_at_once_in_bm25_order() {
-    let (rt, srv) = server("q-fts");
+    let (_rt, srv) = server("q-fts");
     let mut c = srv.connect();
     c.put_json(
         "m:1",
@@ -596,23 +577,12 @@ fn fulltext_search_follows_writes_at_once_in_bm25_order() {
     assert_eq!(c.search("troll", 1).unwrap().len(), 1);
 
     // The CLI.
-    let run = rt.path().join("run");
-    let out = std::process::Command::new(ringbase_bin())
-        .args(["search", "tale troll", "--name", "q-fts"])
-        .env("RINGBASE_RUNTIME_DIR", &run)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let line: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let (code, out, _) = srv.cli(&["search", "tale troll"]);
+    assert_eq!(code, Some(0));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["key"], "m:3");
     assert!(line["score"].as_f64().unwrap() > 0.0);
-    let out = std::process::Command::new(ringbase_bin())
-        .args(["fulltext", "off", "--name", "q-fts"])
-        .env("RINGBASE_RUNTIME_DIR", &run)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(srv.cli(&["fulltext", "off"]).0, Some(0));
     assert!(!c.status().unwrap().fulltext);
     assert_eq!(code_of(c.search("troll", 0)).0, ErrorCode::Unsupported);
 }

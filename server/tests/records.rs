@@ -661,19 +661,7 @@ fn cli_put_get_delete_list_status() {
     let rt = TempDir::new("cli");
     let run = rt.path().join("run");
     let srv = ServerProc::start(&run, &rt.path().join("data"), "cli", &[]);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(ringbase_bin())
-            .args(args)
-            .args(["--name", "cli"])
-            .env("RINGBASE_RUNTIME_DIR", &run)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| srv.cli(args);
     let (code, out, _) = cli(&["put", "p:1", r#"{"hp":3}"#]);
     assert_eq!(code, Some(0));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -102,6 +102,22 @@ impl ServerProc {
         self.child.id()
     }
 
+    /// Runs the CLI against this server (`ringbase ARGS --name NAME`, in its runtime
+    /// dir) to the end: exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(ringbase_bin())
+            .args(args)
+            .args(["--name", &self.name])
+            .env("RINGBASE_RUNTIME_DIR", &self.runtime)
+            .output()
+            .expect("run the ringbase CLI");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
