@@ -292,6 +292,16 @@ fn exec_on_db(dir: &TestDir, sql: &str) {
     raw.execute_batch(sql).unwrap();
 }
 
+/// Makes every insert of the key "poison" fail inside SQLite (after validation), with a
+/// trigger.
+fn poison_inserts(dir: &TestDir) {
+    exec_on_db(
+        dir,
+        "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+    );
+}
+
 /// Submits `jobs` so that the writer applies all but the first in one transaction (the
 /// first takes the writer into BEGIN behind a held write lock while the rest queue up),
 /// and returns their results in order.
@@ -321,12 +331,7 @@ fn run_grouped(
 fn failing_job_rolls_back_alone_within_a_group() {
     let dir = TestDir::new("savepoint");
     let store = open(&dir);
-    // A trigger makes any write of key "poison" fail inside SQLite (after validation).
-    exec_on_db(
-        &dir,
-        "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-    );
+    poison_inserts(&dir);
     let got = run_grouped(
         &dir,
         &store,
@@ -1315,11 +1320,7 @@ fn commit_hooks_see_each_commit_before_its_acknowledgement() {
     // A rejected job never reaches the writer; a job failing inside SQLite leaves no
     // change in an otherwise committed transaction.
     assert!(store.write(vec![put_json("bad", "{")]).is_err());
-    exec_on_db(
-        &dir,
-        "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-    );
+    poison_inserts(&dir);
     let got = run_grouped(
         &dir,
         &store,
@@ -1561,11 +1562,7 @@ fn fulltext_follows_writes_and_deletes() {
     assert_eq!(keys(&store, "dragon"), ["b"]);
 
     // A failing job leaves no trace in the index (its savepoint covers the upkeep).
-    exec_on_db(
-        &dir,
-        "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.key = 'poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-    );
+    poison_inserts(&dir);
     let got = run_grouped(
         &dir,
         &store,
