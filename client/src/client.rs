@@ -101,7 +101,7 @@ pub struct Client {
     /// The event ring (change feed), read by `watch.rs`.
     pub(crate) events: Consumer,
     /// Events read from the event ring and not yet handed out.
-    pub(crate) event_queue: VecDeque<crate::watch::WatchEvent>,
+    pub(crate) event_queue: VecDeque<crate::event::WatchEvent>,
     /// The current watch's id (events of other watches are dropped).
     pub(crate) watch_id: Option<u64>,
     /// Keeps the mapping alive for `req`, `resp` and `events`.

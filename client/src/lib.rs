@@ -18,6 +18,7 @@
 
 mod client;
 mod error;
+mod event;
 mod query;
 mod records;
 mod spawn;
@@ -25,6 +26,7 @@ mod watch;
 
 pub use client::{Client, ConnectOptions};
 pub use error::{Error, Result};
+pub use event::{WatchEvent, WatchStart};
 pub use query::QueryOptions;
 pub use records::{ListPage, ValueView, MAX_KEY_LEN};
 pub use ringbase_protocol::handshake::WaitMode;
@@ -34,4 +36,3 @@ pub use ringbase_protocol::message::{
     SqlValue, StatusInfo, ValueKind, Version,
 };
 pub use spawn::SpawnOptions;
-pub use watch::{WatchEvent, WatchStart};

@@ -3,42 +3,19 @@
 
 use std::time::{Duration, Instant};
 
-use ringbase_protocol::message::{access_event, to_owned_event, Change, Event, Request, Response};
+use ringbase_protocol::message::{access_event, to_owned_event, Event, Request, Response};
 use ringbase_protocol::ring::FRAME_EVENT;
 use rkyv::util::AlignedVec;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::event::{WatchEvent, WatchStart};
 use crate::records::unexpected;
 
 /// How long one sleep on the event ring lasts before the server's liveness is checked.
 const EVENT_SLICE: Duration = Duration::from_millis(20);
 /// How long a wait for an event spins before it sleeps.
 const EVENT_SPIN: Duration = Duration::from_micros(50);
-
-/// One item of a change feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    /// A committed change under the watched prefix.
-    Change(Change),
-    /// This client fell too far behind and its watch has ended after the change
-    /// `last_seq`: call [`Client::watch`] again with `since = Some(last_seq)` to go on
-    /// without missing anything (while the server's change log still holds it; else
-    /// the watch fails with [`crate::ErrorCode::Expired`]: re-read what you follow).
-    Overflow {
-        /// the last change received before the gap
-        last_seq: u64,
-    },
-}
-
-/// Where a watch starts ([`Client::watch`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WatchStart {
-    /// The newest change sequence number when the watch started.
-    pub head: u64,
-    /// The oldest sequence number the server's change log can resume after.
-    pub oldest: u64,
-}
 
 impl Client {
     /// Starts following every committed change (by any process) to keys under
@@ -51,7 +28,7 @@ impl Client {
     ///
     /// One watch per session: a new one replaces the last (events of the old one still
     /// in the ring are dropped). The changes of one transaction (a batch) share
-    /// [`Change::txn`] and arrive in a row.
+    /// [`crate::Change::txn`] and arrive in a row.
     ///
     /// # Errors
     ///
