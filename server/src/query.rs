@@ -18,6 +18,7 @@
 //!   response frame (a longer result is cut short and marked `truncated`), and no string
 //!   or blob larger than that frame (SQLite's length limit).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most SQLite virtual-machine steps one query may take (a CPU budget that does not
 /// depend on how busy the machine is).
 pub const MAX_STEPS: u64 = 2_000_000_000;
+/// Prepared statements a query connection keeps (by SQL text).
+const CACHED_STATEMENTS: usize = 32;
 /// Virtual-machine steps between two looks at the budget.
 const STEPS_PER_CHECK: u64 = 1_000;
 /// Bytes charged per value on top of its payload, and per row, when fitting a result
@@ -169,6 +172,8 @@ pub struct QueryConn {
     budget: Arc<Budget>,
     /// Why the authorizer refused the statement being prepared, if it did.
     refused: Arc<Mutex<Option<String>>>,
+    /// SQL texts known to hold exactly one statement that prepares.
+    single: HashSet<String>,
 }
 
 impl std::fmt::Debug for QueryConn {
@@ -201,10 +206,12 @@ impl QueryConn {
         }));
         let max_len = i32::try_from(max_value_bytes.max(1)).unwrap_or(i32::MAX);
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_len);
+        conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
         Ok(QueryConn {
             conn,
             budget,
             refused,
+            single: HashSet::new(),
         })
     }
 
@@ -217,19 +224,19 @@ impl QueryConn {
     ) -> Result<QueryRows, QueryError> {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.budget.arm(limits.timeout);
-        let mut batch = Batch::new(&self.conn, sql);
-        let mut stmt = match batch.next() {
-            Ok(Some(s)) => s,
-            Ok(None) => return Err(QueryError::Invalid("the statement is empty".into())),
+        if !self.single.contains(sql) {
+            self.check_single(sql, limits)?;
+            if self.single.len() >= CACHED_STATEMENTS {
+                self.single.clear();
+            }
+            self.single.insert(sql.to_string());
+        }
+        // Prepared once per text: the connection keeps CACHED_STATEMENTS of them (and
+        // prepares, so authorizes, again after a schema change).
+        let mut stmt = match self.conn.prepare_cached(sql) {
+            Ok(s) => s,
             Err(e) => return Err(self.error(e, limits)),
         };
-        // Whatever follows the first statement must be blank (or comments): anything
-        // else, even something that would not prepare, is a second statement.
-        if !matches!(batch.next(), Ok(None)) {
-            return Err(QueryError::Invalid(
-                "more than one statement; send one at a time".into(),
-            ));
-        }
         if !stmt.readonly() {
             return Err(QueryError::ReadOnly(
                 "the statement would write; queries are read-only".into(),
@@ -300,6 +307,25 @@ impl QueryConn {
             rows: out,
             truncated,
         })
+    }
+
+    /// Checks that `sql` holds exactly one statement that prepares (so passes the
+    /// authorizer).
+    fn check_single(&self, sql: &str, limits: QueryLimits) -> Result<(), QueryError> {
+        let mut batch = Batch::new(&self.conn, sql);
+        match batch.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(QueryError::Invalid("the statement is empty".into())),
+            Err(e) => return Err(self.error(e, limits)),
+        }
+        // Whatever follows the first statement must be blank (or comments): anything
+        // else, even something that would not prepare, is a second statement.
+        if !matches!(batch.next(), Ok(None)) {
+            return Err(QueryError::Invalid(
+                "more than one statement; send one at a time".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The query error for a SQLite error of the running statement.

@@ -129,6 +129,24 @@ fn parameters_every_type_and_the_records_view() {
         [vec![text(r#"{"type":"ally","hp":10}"#), SqlValue::Null]]
     );
 
+    // The same text again (a cached statement) with other parameters.
+    for (k, hp) in [("enemy:1", 30), ("ally:1", 10), ("enemy:1", 30)] {
+        let r = c
+            .query(
+                "SELECT json_extract(value, '$.hp') FROM records WHERE key = ?1",
+                &[text(k)],
+            )
+            .unwrap();
+        assert_eq!(r.rows, [vec![SqlValue::Integer(hp)]], "{k}");
+    }
+    // A refused text stays refused when sent again.
+    for _ in 0..2 {
+        assert_eq!(
+            code_of(c.query("SELECT * FROM main.records", &[])).0,
+            ErrorCode::ReadOnly
+        );
+    }
+
     // Version fields agree with the write's version.
     let r = c
         .query(
