@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 use crate::event::{WatchEvent, WatchStart};
 use crate::records::unexpected;
 
-/// How long one sleep on the event ring lasts before the server's liveness is checked.
-const EVENT_SLICE: Duration = Duration::from_millis(20);
+/// How long one sleep on the event ring lasts before the server's liveness is checked:
+/// how soon a watcher notices a dead server, and (4 wake-ups a second) what an idle
+/// watcher costs.
+const EVENT_SLICE: Duration = Duration::from_millis(250);
 /// How long a wait for an event spins before it sleeps.
 const EVENT_SPIN: Duration = Duration::from_micros(50);
 

@@ -297,3 +297,15 @@ fn cli_watch_prints_json_lines() {
     assert_eq!(first["value"], serde_json::json!({ "n": i }));
     assert_eq!(first["kind"], "json");
 }
+
+#[test]
+fn a_blocked_watcher_learns_that_the_server_died() {
+    let (_rt, mut srv) = server("w-dead", &[]);
+    let mut c = srv.connect();
+    c.watch("", None, false).unwrap();
+    let waiter = std::thread::spawn(move || c.next_event(None));
+    std::thread::sleep(Duration::from_millis(100)); // let it block (not needed for correctness)
+    srv.kill9();
+    let r = watchdog(Duration::from_secs(30), move || waiter.join().unwrap());
+    assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+}
