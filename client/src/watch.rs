@@ -25,7 +25,7 @@ impl Client {
     /// [`Client::next_event`] or [`Client::try_event`]. `since` resumes after that
     /// sequence number from the server's change log (bounded: an older cursor fails
     /// with [`crate::ErrorCode::Expired`]); `None` starts from now. `with_values`
-    /// includes each new value (a value too large for the event ring, or over 16 KiB,
+    /// includes each new value (a value too large for the event ring, or over 1 KiB,
     /// comes as `value_omitted`: read it with [`Client::get`]).
     ///
     /// One watch per session: a new one replaces the last (events of the old one still

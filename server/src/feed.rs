@@ -31,8 +31,9 @@ use ringbase_protocol::message::{Change, Event, ValueKind, Version};
 
 use crate::store::{Commit, CommitHook};
 
-/// Largest value kept in the change log (larger ones are `value_omitted`).
-pub const MAX_LOGGED_VALUE: usize = 16 * 1024;
+/// Largest value kept in the change log (larger ones are `value_omitted`): small enough
+/// that the log's byte bound holds many changes.
+pub const MAX_LOGGED_VALUE: usize = 1024;
 /// Most changes in one event frame.
 const MAX_CHANGES_PER_EVENT: usize = 256;
 /// Bytes charged per change on top of key and value (log accounting and frame sizing).
@@ -54,8 +55,11 @@ impl Default for FeedLimits {
     fn default() -> Self {
         FeedLimits {
             log_changes: 1_000_000,
-            log_bytes: 256 << 20,
-            max_lag: 100_000,
+            // The log is server memory: 16 MiB keep ~100k changes of 100-byte values
+            // (and at least ~15k of the largest logged ones), without pushing a server
+            // that holds 1M records past its memory goal (400 MB).
+            log_bytes: 16 << 20,
+            max_lag: 10_000,
         }
     }
 }
