@@ -519,15 +519,7 @@ fn list_where_filters_on_a_json_field_with_or_without_an_index() {
         ],
     );
     assert_eq!(code, Some(0));
-    let keys: Vec<String> = out
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let keys = json_line_keys(&out);
     assert_eq!(keys, want_lvl2[..3]);
     assert_eq!(cli(&srv, &["index", "create", "$.lvl"]).0, Some(0));
     assert_eq!(cli(&srv, &["index", "list"]).1, "$.lvl\n$.type\n");

@@ -696,15 +696,7 @@ fn cli_put_get_delete_list_status() {
     // list: one JSON object per line, in key order, prefix and limit honoured.
     let (code, out, _) = cli(&["list", "--prefix", "p:"]);
     assert_eq!(code, Some(0));
-    let keys: Vec<String> = out
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let keys = json_line_keys(&out);
     assert_eq!(keys, ["p:1", "p:2"]);
     assert_eq!(cli(&["list", "--limit", "1"]).1.lines().count(), 1);
     // delete, then the key is gone.

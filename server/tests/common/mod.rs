@@ -154,6 +154,18 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitSta
     }
 }
 
+/// The `"key"` of each JSON line the CLI printed (list, query), in order.
+pub fn json_line_keys(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["key"]
+                .as_str()
+                .expect("a key")
+                .to_string()
+        })
+        .collect()
+}
+
 /// Re-executes this test binary as a child client running `role` (dispatched by the
 /// test named `child_entry` in the same file).
 pub fn spawn_child(role: &str, server: &ServerProc, args: &[String]) -> Child {
