@@ -233,7 +233,11 @@ impl Writer {
     /// Makes a schema change in its own transaction; `Ok(changed)`.
     fn change_schema(&mut self, change: &SchemaChange) -> Result<bool, StoreError> {
         let (sql, path) = match change {
-            SchemaChange::SetFulltext(on) => return self.set_fulltext(*on),
+            SchemaChange::SetFulltext(on) => {
+                let changed = self.in_transaction(|c| super::fulltext::set(c, *on))?;
+                self.fulltext = *on;
+                return Ok(changed);
+            }
             SchemaChange::CreateIndex(path) => (
                 format!(
                     "CREATE INDEX IF NOT EXISTS {} ON records({}) WHERE deleted = 0",
@@ -246,44 +250,31 @@ impl Writer {
                 (format!("DROP INDEX IF EXISTS {}", path.index_name()), path)
             }
         };
+        let name = format!("{}{}", super::fields::INDEX_PREFIX, path.as_str());
         let exists = |conn: &Connection| -> rusqlite::Result<bool> {
             conn.query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
-                [format!("{}{}", super::fields::INDEX_PREFIX, path.as_str())],
+                [&name],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n > 0)
         };
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = (|| {
-            let before = exists(&self.conn)?;
-            self.conn.execute_batch(&sql)?;
-            let after = exists(&self.conn)?;
-            Ok::<_, rusqlite::Error>(before != after)
-        })();
-        match result {
-            Ok(changed) => {
-                self.conn.execute_batch("COMMIT")?;
-                Ok(changed)
-            }
-            Err(e) => {
-                if !self.conn.is_autocommit() {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                }
-                Err(e.into())
-            }
-        }
+        self.in_transaction(|c| {
+            let before = exists(c)?;
+            c.execute_batch(&sql)?;
+            Ok(before != exists(c)?)
+        })
     }
 
-    /// Turns the full-text index on or off in its own transaction; `Ok(changed)`.
-    fn set_fulltext(&mut self, on: bool) -> Result<bool, StoreError> {
+    /// Runs `f` in a transaction of its own (between write transactions): committed if
+    /// it succeeds, rolled back if not.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match super::fulltext::set(&self.conn, on) {
-            Ok(changed) => {
-                self.conn.execute_batch("COMMIT")?;
-                self.fulltext = on;
-                Ok(changed)
-            }
+        match f(&self.conn).and_then(|t| self.conn.execute_batch("COMMIT").map(|()| t)) {
+            Ok(t) => Ok(t),
             Err(e) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
