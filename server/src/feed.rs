@@ -224,6 +224,7 @@ impl Feed {
             with_values,
             cursor: 0,
             sent: 0,
+            head_at_start: 0,
             ended: false,
         };
         let head = self.head();
@@ -240,6 +241,7 @@ impl Feed {
         };
         watch.cursor = cursor;
         watch.sent = cursor;
+        watch.head_at_start = head;
         Ok(watch)
     }
 
@@ -320,6 +322,9 @@ pub struct Watch {
     /// The last change known delivered (written into the client's event ring), or the
     /// starting cursor: where a resumed watch would go on.
     sent: u64,
+    /// The newest change when the watch started (from now on: its first event's is
+    /// greater).
+    head_at_start: u64,
     ended: bool,
 }
 
@@ -327,6 +332,11 @@ impl Watch {
     /// Whether the feed holds changes this watch has not looked at yet.
     pub fn pending(&self) -> bool {
         !self.ended && self.feed.head() > self.cursor
+    }
+
+    /// The newest change sequence number when the watch started.
+    pub fn head_at_start(&self) -> u64 {
+        self.head_at_start
     }
 
     /// The watch's id (carried by its events).
@@ -337,11 +347,6 @@ impl Watch {
     /// Whether the watch ended with an overflow marker.
     pub fn ended(&self) -> bool {
         self.ended
-    }
-
-    /// The last change sequence number sent or passed over.
-    pub fn cursor(&self) -> u64 {
-        self.cursor
     }
 
     /// Whether the watcher is more than [`FeedLimits::max_lag`] changes behind the

@@ -23,8 +23,7 @@ pub(super) fn watch(
         .watch(prefix, since, with_values, Box::new(move || notify()))
     {
         Ok(w) => {
-            let head = w.cursor().max(engine.feed.head());
-            let watch = w.id();
+            let (head, watch) = (w.head_at_start(), w.id());
             c.watch = Some(w);
             Response::Watching {
                 watch,
