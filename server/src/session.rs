@@ -432,10 +432,9 @@ impl SessionLoop<'_> {
             self.check()?;
             if w.step() == Phase::Sleep {
                 slept = true;
+                // Not blocked here (handled above): the watch's news is a wake-up reason.
                 let client = &self.client;
-                let blocked = self.event_blocked;
-                self.req
-                    .sleep_or(SLEEP_SLICE, || !blocked && client.events_ready())?;
+                self.req.sleep_or(SLEEP_SLICE, || client.events_ready())?;
             }
         }
     }
