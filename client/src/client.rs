@@ -120,6 +120,9 @@ pub struct Client {
     held: Option<FrameRef>,
     scratch: AlignedVec<16>,
     backoff: Backoff,
+    /// A request published since the last response had to wake the server's session
+    /// thread: the next wait for a response is a polite one (see the ring docs).
+    woke_server: bool,
     call_timeout: Option<Duration>,
     dead: bool,
 }
@@ -231,6 +234,7 @@ impl Client {
             held: None,
             scratch: AlignedVec::new(),
             backoff,
+            woke_server: false,
             call_timeout: opts.call_timeout,
             dead: false,
         })
@@ -320,7 +324,7 @@ impl Client {
             }
             self.wait_for_space(len)?;
         }
-        self.req.flush();
+        self.woke_server |= self.req.flush();
         self.next_corr += 1;
         self.in_flight.push_back(corr);
         Ok(corr)
@@ -504,7 +508,14 @@ impl Client {
             return Err(Error::Invalid("no request in flight".into()));
         }
         let started = Instant::now();
-        let mut w = self.backoff.start();
+        // The server's session thread was asleep and has just been woken, possibly onto
+        // this CPU: spin politely, yielding the CPU it may need to answer.
+        let polite = std::mem::take(&mut self.woke_server);
+        let mut w = if polite {
+            self.backoff.start_polite()
+        } else {
+            self.backoff.start()
+        };
         let mut slept = false;
         // Reading the clock costs ~20 ns: while spinning, look at it (to notice a dead
         // busy-polled server) only every 1024 iterations.
@@ -516,7 +527,11 @@ impl Client {
                     if f.kind != FRAME_RESPONSE {
                         return Err(self.violation(format!("unexpected frame kind {}", f.kind)));
                     }
-                    self.backoff.finish(slept);
+                    if !polite {
+                        // A polite wait says nothing about how long the server takes
+                        // when it is awake: the spin budget learns from the others.
+                        self.backoff.finish(slept);
+                    }
                     return Ok(f);
                 }
                 Ok(None) => {}
@@ -548,9 +563,14 @@ impl Client {
     /// The request ring is full: move ready responses into the stash (so the server can
     /// keep writing) and wait until `len` bytes fit.
     fn wait_for_space(&mut self, len: u64) -> Result<()> {
-        self.req.flush();
+        let woke = self.req.flush();
+        self.woke_server |= woke;
         let started = Instant::now();
-        let mut w = self.backoff.start();
+        let mut w = if woke {
+            self.backoff.start_polite()
+        } else {
+            self.backoff.start()
+        };
         let mut last_check = started;
         loop {
             self.drain_to_stash()?;

@@ -176,6 +176,7 @@ pub(crate) fn run(args: SessionArgs<'_>) {
                 inbuf: AlignedVec::new(),
                 outbuf: AlignedVec::new(),
                 backoff,
+                polite: false,
                 queue: VecDeque::new(),
                 events,
                 event_max: segment.event_ring().max_payload(),
@@ -222,6 +223,9 @@ struct SessionLoop<'a> {
     inbuf: AlignedVec<16>,
     outbuf: AlignedVec<16>,
     backoff: Backoff,
+    /// The session thread has just been woken from a sleep, or has just woken the
+    /// client: its next wait for a request is a polite one (see the ring docs).
+    polite: bool,
     /// Responses not yet written, in request order; non-empty only while a write is
     /// outstanding (or the response ring was full).
     queue: VecDeque<Slot>,
@@ -298,7 +302,7 @@ impl SessionLoop<'_> {
             // Hand the request space back and publish what we wrote.
             self.req.flush();
             self.collect(false)?;
-            self.resp.flush();
+            self.polite |= self.resp.flush();
             self.pump_events()?;
             if served > 0 {
                 continue;
@@ -410,11 +414,22 @@ impl SessionLoop<'_> {
     /// Waits (spin, yield, then futex sleep) until a request frame is published, or the
     /// watch has new changes to deliver.
     fn wait_for_request(&mut self) -> Result<(), End> {
-        let mut w = self.backoff.start();
+        // Just woken, or just woke the client: the thread that sends the next request
+        // (or reads this response) may be queued behind us on this CPU.
+        let polite = std::mem::take(&mut self.polite);
+        let mut w = if polite {
+            self.backoff.start_polite()
+        } else {
+            self.backoff.start()
+        };
         let mut slept = false;
         loop {
             if self.req.has_data()? || self.events_ready() {
-                self.backoff.finish(slept);
+                if !polite {
+                    self.backoff.finish(slept);
+                }
+                // Woken by the client: it may share this CPU (see above).
+                self.polite = slept;
                 return Ok(());
             }
             if self.event_blocked {

@@ -6,9 +6,15 @@
 //! - **shm busy-poll**: the shared-memory rings, client in [`WaitMode::BusyPoll`];
 //! - **shm adaptive**: the same, client in [`WaitMode::Adaptive`] (spin for a bounded,
 //!   adaptive time, then sleep on the futex);
-//! - **shm adaptive, 1 ms idle**: adaptive again, but with a 1 ms pause before every
-//!   call, so that the server's session thread has used up its spin budget and sleeps
-//!   on its futex when the request arrives: the cost of waking a quiet sidecar;
+//! - **shm adaptive, 1 ms / 16 ms idle**: adaptive again, but with a pause before every
+//!   call (1 ms, and a 60 Hz frame's 16 ms), so that the server's session thread has used
+//!   up its spin budget and sleeps on its futex when the request arrives: the cost of
+//!   waking a quiet sidecar, for a Ping and for a 100-byte Get through the database;
+//! - **futex floor, 1 ms / 16 ms idle**: with the same pauses, in the same run and
+//!   interleaved with those rows in blocks of 50 calls, the raw two-process futex
+//!   ping-pong (see [`ringbase_benches::floor`]: one word each way, FUTEX_WAIT and
+//!   FUTEX_WAKE, nothing else; a peer process that this binary re-executes with the
+//!   hidden `--futex-peer PATH`). The after-idle rows are reported as ratios to it;
 //! - **uds**: a Unix-domain-socket baseline measured in the same run: the same two
 //!   messages as length-prefixed frames (`u32` LE payload length, kind byte, payload) to
 //!   a tight blocking server in another process (this binary re-executed with the
@@ -32,7 +38,7 @@
 //!
 //! ```text
 //! cargo build --release -p ringbase-server -p ringbase-benches
-//! ./target/release/transport [--quick] [--server PATH] [--json PATH] [--window W]
+//! ./target/release/transport [--quick] [--idle-only] [--server PATH] [--json PATH] [--window W]
 //! ```
 //!
 //! Every wait has a limit: the server and the UDS server must be ready within 10 s,
@@ -48,12 +54,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use ringbase_benches::floor::Words;
 use ringbase_benches::harness::{
     allowed_cpus, check_server, exit_code, usage_error, write_json, Args, ChildGuard, CpuMeter,
     DefaultPaths, OtherCpu, PinGuard, TempDir, Watchdog, SERVER_READY,
 };
 use ringbase_benches::stats::{clock_read_ns, rate, us, Summary};
-use ringbase_client::{Client, ConnectOptions, Request, Response, WaitMode};
+use ringbase_client::{Client, ConnectOptions, Request, Response, ValueKind, WaitMode};
 
 /// Result type of the bench.
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -70,8 +77,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// Longest one measured phase may take before the watchdog ends the bench.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
-/// Pause before each call in the "idle" runs: well past the server's spin budget.
-const IDLE_GAP: Duration = Duration::from_millis(1);
+/// Readiness line of the futex floor's peer.
+const FUTEX_READY: &str = "futex-peer: ready";
+/// Calls of each after-idle row measured back to back before switching to the next row
+/// (the rows of one pause take turns, so a slow spell of the VM hits them alike).
+const IDLE_BLOCK: usize = 50;
+/// Key of the record the Get rows read.
+const GET_KEY: &str = "bench/get100";
 /// Size of the Echo payload.
 const ECHO_LEN: usize = 100;
 /// Largest frame payload the UDS baseline server accepts.
@@ -94,12 +106,42 @@ const GOAL_BUSY_P50_US: f64 = 1.0;
 const GOAL_UDS_RATIO: f64 = 5.0;
 /// Goal: pipelined messages per second on one session.
 const GOAL_PIPELINED: f64 = 2_000_000.0;
+/// Goal: after an idle pause, p50 and p99 at most this many times the futex floor's.
+const GOAL_IDLE_RATIO: f64 = 1.2;
+/// Goal: after an idle pause, p99.9 at most this many times the futex floor's.
+const GOAL_IDLE_P999_RATIO: f64 = 2.0;
+
+/// One idle pause measured: the pause and the labels of its rows.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    /// Pause before each call.
+    gap: Duration,
+    /// Label of the Ringbase rows.
+    shm: &'static str,
+    /// Label of the futex floor row.
+    floor: &'static str,
+}
+
+/// The idle pauses: 1 ms (well past every spin budget) and one 60 Hz frame.
+const IDLES: [Idle; 2] = [
+    Idle {
+        gap: Duration::from_millis(1),
+        shm: "shm adaptive, 1 ms idle",
+        floor: "futex floor, 1 ms idle",
+    },
+    Idle {
+        gap: Duration::from_millis(16),
+        shm: "shm adaptive, 16 ms idle",
+        floor: "futex floor, 16 ms idle",
+    },
+];
 
 /// Usage text.
 const USAGE: &str = "\
-usage: transport [--quick] [--server PATH] [--json PATH] [--window W]
+usage: transport [--quick] [--idle-only] [--server PATH] [--json PATH] [--window W]
 
   --quick        10x fewer iterations (smoke run)
+  --idle-only    only the after-idle rows and their futex floor
   --server PATH  the ringbase binary [default: ringbase next to this binary]
   --json PATH    where to write the results [default: target/bench-transport.json,
                  i.e. bench-transport.json one level above this binary's dir]
@@ -118,6 +160,12 @@ enum Mode {
         /// CPU to pin every thread to.
         cpu: Option<usize>,
     },
+    /// Answer the futex floor's round trips on the words in this file (hidden; the
+    /// bench re-executes itself).
+    FutexPeer {
+        /// The file holding the two words.
+        path: PathBuf,
+    },
     /// Print usage.
     Help,
 }
@@ -127,6 +175,8 @@ enum Mode {
 struct Config {
     /// 10x fewer iterations.
     quick: bool,
+    /// Only the after-idle rows and the futex floor.
+    idle_only: bool,
     /// The `ringbase` binary.
     server: PathBuf,
     /// Where the JSON results go.
@@ -140,8 +190,8 @@ struct Config {
     busy_calls: usize,
     /// Sequential calls measured for shm adaptive and for UDS.
     slow_calls: usize,
-    /// Sequential calls measured with idle gaps.
-    idle_calls: usize,
+    /// Sequential calls measured per row with each idle pause, by [`IDLES`] index.
+    idle_calls: [usize; 2],
     /// Messages sent pipelined over shm.
     shm_pipelined: usize,
     /// Messages sent pipelined over UDS.
@@ -155,13 +205,14 @@ impl Config {
         let paths = DefaultPaths::new("bench-transport.json");
         Config {
             quick,
+            idle_only: false,
             server: paths.server,
             json: paths.json,
             window: 64,
             warmup: 10_000 / div,
             busy_calls: 200_000 / div,
             slow_calls: 100_000 / div,
-            idle_calls: 3_000 / div,
+            idle_calls: [3_000 / div, 1_500 / div],
             shm_pipelined: 2_000_000 / div,
             uds_pipelined: 500_000 / div,
         }
@@ -172,6 +223,8 @@ impl Config {
 fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mode, String> {
     let mut args = Args::new(args);
     let mut quick = false;
+    let mut idle_only = false;
+    let mut futex_peer = None;
     let mut server = None;
     let mut json = None;
     let mut window = None;
@@ -180,6 +233,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mod
     while let Some(a) = args.next_flag() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--idle-only" => idle_only = true,
+            "--futex-peer" => futex_peer = Some(args.path("--futex-peer")?),
             "--server" => server = Some(args.path("--server")?),
             "--json" => json = Some(args.path("--json")?),
             "--window" => window = Some(args.at_least_one("--window")?),
@@ -192,7 +247,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> std::result::Result<Mod
     if let Some(path) = uds_server {
         return Ok(Mode::UdsServer { path, cpu });
     }
+    if let Some(path) = futex_peer {
+        return Ok(Mode::FutexPeer { path });
+    }
     let mut cfg = Config::new(quick);
+    cfg.idle_only = idle_only;
     cfg.server = server.unwrap_or(cfg.server);
     cfg.json = json.unwrap_or(cfg.json);
     cfg.window = window.unwrap_or(cfg.window);
@@ -207,6 +266,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Mode::UdsServer { path, cpu }) => exit_code("uds-server", uds_server(&path, cpu)),
+        Ok(Mode::FutexPeer { path }) => exit_code("futex-peer", futex_peer(&path)),
         Ok(Mode::Bench(cfg)) => exit_code("transport", run(&cfg)),
         Err(msg) => usage_error("transport", &msg, USAGE),
     }
@@ -219,17 +279,20 @@ enum Msg {
     Ping,
     /// `Request::Echo` of [`ECHO_LEN`] bytes / a UDS frame with that payload.
     Echo,
+    /// `Request::Get` of a record with a 100-byte value: through the database, Ringbase
+    /// only (the after-idle rows).
+    Get,
 }
 
 impl Msg {
-    /// Both, in table order.
+    /// The two that every transport answers, in table order.
     const ALL: [Msg; 2] = [Msg::Ping, Msg::Echo];
 
-    /// Position in [`Msg::ALL`].
+    /// Position in [`Msg::ALL`] (Get is not one of them).
     fn index(self) -> usize {
         match self {
             Msg::Ping => 0,
-            Msg::Echo => 1,
+            Msg::Echo | Msg::Get => 1,
         }
     }
 
@@ -238,6 +301,7 @@ impl Msg {
         match self {
             Msg::Ping => "ping",
             Msg::Echo => "echo100",
+            Msg::Get => "get100",
         }
     }
 }
@@ -247,6 +311,7 @@ impl fmt::Display for Msg {
         match self {
             Msg::Ping => f.write_str("ping"),
             Msg::Echo => write!(f, "echo {ECHO_LEN} B"),
+            Msg::Get => write!(f, "get {ECHO_LEN} B"),
         }
     }
 }
@@ -294,6 +359,7 @@ impl Shm {
         match (msg, r) {
             (Msg::Ping, Response::Pong) => Ok(()),
             (Msg::Echo, Response::Echo(b)) if *b == self.payload => Ok(()),
+            (Msg::Get, _) => Err("no pipelined get in this bench".into()),
             _ => Err(format!("unexpected response to {msg}: {r:?}").into()),
         }
     }
@@ -309,6 +375,15 @@ impl Transport for Shm {
                     return Err("echo came back different".into());
                 }
             }
+            Msg::Get => {
+                let v = self
+                    .client
+                    .get_view(GET_KEY)?
+                    .ok_or("the get record is gone")?;
+                if v.value != self.payload.as_slice() {
+                    return Err("get returned a different value".into());
+                }
+            }
         }
         Ok(())
     }
@@ -317,6 +392,7 @@ impl Transport for Shm {
         let req = match msg {
             Msg::Ping => &Request::Ping,
             Msg::Echo => &self.echo,
+            Msg::Get => return Err("no pipelined get in this bench".into()),
         };
         for _ in 0..w {
             self.client.send(req)?;
@@ -392,6 +468,7 @@ impl Uds {
         let (want_kind, want_len) = match msg {
             Msg::Ping => (KIND_PONG, 0),
             Msg::Echo => (KIND_ECHO_REPLY, ECHO_LEN),
+            Msg::Get => return Err("the UDS baseline has no get".into()),
         };
         if kind != want_kind || len != want_len {
             return Err(format!("bad UDS response to {msg}: kind {kind:#x}, {len} bytes").into());
@@ -516,20 +593,10 @@ struct Row {
     others_cpu: Option<OtherCpu>,
 }
 
-/// Round-trip time of each of `calls` sequential calls, after `warmup` unmeasured ones;
-/// with `gap`, sleeps that long (unmeasured) before each call.
-fn sample_rtts<T: Transport>(
-    t: &mut T,
-    msg: Msg,
-    warmup: usize,
-    calls: usize,
-    gap: Option<Duration>,
-) -> Result<Summary> {
+/// Round-trip time of each of `calls` sequential calls, after `warmup` unmeasured ones.
+fn sample_rtts<T: Transport>(t: &mut T, msg: Msg, warmup: usize, calls: usize) -> Result<Summary> {
     let mut samples = Vec::with_capacity(calls);
     for i in 0..warmup + calls {
-        if let Some(g) = gap {
-            std::thread::sleep(g);
-        }
         let t0 = Instant::now();
         t.round_trip(msg)?;
         let ns = t0.elapsed().as_nanos() as u64;
@@ -577,7 +644,7 @@ fn measure<T: Transport>(
 ) -> Result<Row> {
     let meter = CpuMeter::start(pids);
     wd.arm(format!("{transport} {msg} round trips"), PHASE_LIMIT);
-    let latency = sample_rtts(t, msg, cfg.warmup, calls, None)?;
+    let latency = sample_rtts(t, msg, cfg.warmup, calls)?;
     wd.arm(format!("{transport} {msg} pipelined"), PHASE_LIMIT);
     let pipe = pipelined_rate(t, msg, cfg.window, cfg.warmup, pipelined)?;
     wd.disarm();
@@ -593,8 +660,6 @@ fn measure<T: Transport>(
     Ok(row)
 }
 
-/// Label of the shm rows with idle gaps.
-const IDLE: &str = "shm adaptive, 1 ms idle";
 /// Label of the busy-poll rows (the reference of the ratio goal).
 const BUSY: &str = "shm busy-poll";
 
@@ -614,7 +679,9 @@ fn run(cfg: &Config) -> Result<()> {
     );
 
     let mut rows = shm_rows(cfg, &wd, tmp.path())?;
-    rows.extend(uds_rows(cfg, &wd, tmp.path(), &cpus)?);
+    if !cfg.idle_only {
+        rows.extend(uds_rows(cfg, &wd, tmp.path(), &cpus)?);
+    }
     wd.disarm();
 
     let report = Report::new(cfg, rows, cpus.len(), clock_ns);
@@ -645,6 +712,9 @@ fn shm_rows(cfg: &Config, wd: &Watchdog, tmp: &Path) -> Result<Vec<Row>> {
         ("shm adaptive", WaitMode::Adaptive, cfg.slow_calls),
     ];
     for (label, wait, calls) in modes {
+        if cfg.idle_only {
+            break;
+        }
         wd.arm(format!("connecting ({label})"), CONNECT_LIMIT);
         let mut t = Shm::connect(&runtime_dir, wait)?;
         for msg in Msg::ALL {
@@ -652,29 +722,132 @@ fn shm_rows(cfg: &Config, wd: &Watchdog, tmp: &Path) -> Result<Vec<Row>> {
             rows.push(measure(wd, cfg, &mut t, &pids, label, msg, calls, n)?);
         }
     }
-
-    wd.arm("connecting (idle)", CONNECT_LIMIT);
-    let mut t = Shm::connect(&runtime_dir, WaitMode::Adaptive)?;
-    for msg in Msg::ALL {
-        let meter = CpuMeter::start(&pids);
-        wd.arm(format!("{IDLE} {msg} round trips"), PHASE_LIMIT);
-        let warmup = cfg.warmup / 100;
-        let latency = sample_rtts(&mut t, msg, warmup, cfg.idle_calls, Some(IDLE_GAP))?;
-        rows.push(Row {
-            transport: IDLE,
-            msg,
-            latency,
-            rtt_rate: None,
-            pipelined: None,
-            others_cpu: meter.and_then(|m| m.others()),
-        });
-        eprintln!("  done: {IDLE} / {msg}");
-    }
-    wd.disarm();
-    drop(t);
+    rows.extend(idle_rows(cfg, wd, tmp, &runtime_dir, &pids)?);
     // Stopped here so that it cannot disturb the baseline.
     drop(server);
     Ok(rows)
+}
+
+/// The after-idle rows: for each pause in [`IDLES`], a Ping and a 100-byte Get over an
+/// adaptive session, and the futex floor, taking turns in blocks of [`IDLE_BLOCK`]
+/// calls. `pids` are the bench and the server (the floor's peer is added).
+fn idle_rows(
+    cfg: &Config,
+    wd: &Watchdog,
+    tmp: &Path,
+    runtime_dir: &Path,
+    pids: &[u32],
+) -> Result<Vec<Row>> {
+    let words_path = tmp.join("futex-words");
+    let words = Words::map(&words_path, true)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--futex-peer").arg(&words_path);
+    let (peer, line) = ChildGuard::spawn_ready("futex-peer", &mut cmd, FUTEX_READY, READY_TIMEOUT)?;
+    eprintln!("{line} (pid {})", peer.pid());
+    let mut pids = pids.to_vec();
+    pids.push(peer.pid());
+
+    wd.arm("connecting (idle)", CONNECT_LIMIT);
+    let mut t = Shm::connect(runtime_dir, WaitMode::Adaptive)?;
+    t.client
+        .put(GET_KEY, &t.payload.clone(), ValueKind::Bytes)?;
+    let mut seq = 0u32;
+    let mut floor_call = |_: Msg| -> Result<()> {
+        seq = seq.wrapping_add(1).max(1);
+        Ok(words.round_trip(seq, IO_TIMEOUT)?)
+    };
+    let mut rows = Vec::new();
+    for (idle, &calls) in IDLES.iter().zip(&cfg.idle_calls) {
+        let meter = CpuMeter::start(&pids);
+        wd.arm(format!("{} round trips", idle.shm), PHASE_LIMIT * 2);
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        let blocks = calls.div_ceil(IDLE_BLOCK);
+        for block in 0..blocks {
+            // The first block of each row is a warm-up, not measured.
+            let keep = block > 0 || blocks == 1;
+            sample_into(
+                &mut floor_call,
+                Msg::Ping,
+                IDLE_BLOCK,
+                idle.gap,
+                keep,
+                &mut samples[0],
+            )?;
+            let mut shm = |m| t.round_trip(m);
+            sample_into(
+                &mut shm,
+                Msg::Ping,
+                IDLE_BLOCK,
+                idle.gap,
+                keep,
+                &mut samples[1],
+            )?;
+            sample_into(
+                &mut shm,
+                Msg::Get,
+                IDLE_BLOCK,
+                idle.gap,
+                keep,
+                &mut samples[2],
+            )?;
+        }
+        let others_cpu = meter.and_then(|m| m.others());
+        let rows_of_idle = [
+            (idle.floor, Msg::Ping),
+            (idle.shm, Msg::Ping),
+            (idle.shm, Msg::Get),
+        ];
+        for ((transport, msg), mut s) in rows_of_idle.into_iter().zip(samples) {
+            rows.push(Row {
+                transport,
+                msg,
+                latency: Summary::from_samples(&mut s).ok_or("no samples")?,
+                rtt_rate: None,
+                pipelined: None,
+                others_cpu,
+            });
+        }
+        eprintln!("  done: {} (and its futex floor)", idle.shm);
+    }
+    wd.disarm();
+    Ok(rows)
+}
+
+/// `calls` round trips of `msg` through `call`, each after a pause of `gap`; their
+/// times are appended to `out` if `keep`.
+fn sample_into(
+    call: &mut impl FnMut(Msg) -> Result<()>,
+    msg: Msg,
+    calls: usize,
+    gap: Duration,
+    keep: bool,
+    out: &mut Vec<u64>,
+) -> Result<()> {
+    for _ in 0..calls {
+        std::thread::sleep(gap);
+        let t0 = Instant::now();
+        call(msg)?;
+        let ns = t0.elapsed().as_nanos() as u64;
+        if keep {
+            out.push(ns);
+        }
+    }
+    Ok(())
+}
+
+/// The futex floor's peer: maps the words at `path`, says it is ready, and answers
+/// until its stdin closes (the bench is gone).
+fn futex_peer(path: &Path) -> io::Result<()> {
+    let words = Words::map(path, false)?;
+    println!("{FUTEX_READY}");
+    io::stdout().flush()?;
+    std::thread::Builder::new()
+        .name("stdin-eof".into())
+        .spawn(|| {
+            let _ = io::copy(&mut io::stdin(), &mut io::sink());
+            std::process::exit(0);
+        })?;
+    words.serve()
 }
 
 /// Measures the UDS baseline: unpinned, both ends on the first CPU, and (with two CPUs
@@ -777,9 +950,52 @@ impl Report {
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
+    /// For each after-idle Ringbase row: its p50, p99 and p99.9 over the futex floor's
+    /// with the same pause.
+    fn idle_ratios(&self) -> Vec<(&Row, [f64; 3])> {
+        let mut out = Vec::new();
+        for idle in IDLES {
+            let Some(floor) = self.row(idle.floor, Msg::Ping) else {
+                continue;
+            };
+            let f = &floor.latency;
+            for r in self.rows.iter().filter(|r| r.transport == idle.shm) {
+                let l = &r.latency;
+                let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+                out.push((
+                    r,
+                    [
+                        ratio(l.p50_ns, f.p50_ns),
+                        ratio(l.p99_ns, f.p99_ns),
+                        ratio(l.p999_ns, f.p999_ns),
+                    ],
+                ));
+            }
+        }
+        out
+    }
+
     /// Every goal, checked.
     fn goals(&self) -> Vec<Goal> {
         let mut goals = Vec::new();
+        for (r, ratios) in self.idle_ratios() {
+            let targets = [
+                ("p50", GOAL_IDLE_RATIO),
+                ("p99", GOAL_IDLE_RATIO),
+                ("p99.9", GOAL_IDLE_P999_RATIO),
+            ];
+            for ((what, target), value) in targets.into_iter().zip(ratios) {
+                goals.push(Goal {
+                    what: format!(
+                        "{} {}: {what} ≤ {target}× the futex floor's",
+                        r.transport, r.msg
+                    ),
+                    value,
+                    target,
+                    pass: value <= target,
+                });
+            }
+        }
         for msg in Msg::ALL {
             if let Some(r) = self.row(BUSY, msg) {
                 let p50 = r.latency.p50_ns as f64 / 1e3;
@@ -838,12 +1054,15 @@ impl Report {
             );
         }
         s += &format!(
-            "\nRTT samples: busy-poll {}, adaptive {}, idle {}, uds {} (after {} warm-up calls); \
+            "\nRTT samples: busy-poll {}, adaptive {}, after 1 ms / 16 ms idle {} / {} per row \
+             (taking turns in blocks of {IDLE_BLOCK}, the first block not measured), uds {} \
+             (after {} warm-up calls); \
              pipelined: window {}, {} msgs shm, {} msgs uds. {} CPUs; each sample includes \
              one Instant::now() (≈ {:.0} ns).\n",
             self.cfg.busy_calls,
             self.cfg.slow_calls,
-            self.cfg.idle_calls,
+            self.cfg.idle_calls[0],
+            self.cfg.idle_calls[1],
             self.cfg.slow_calls,
             self.cfg.warmup,
             self.cfg.window,
@@ -872,6 +1091,12 @@ impl Report {
             for (uds, ratio) in self.ratios(msg) {
                 s += &format!("UDS p50 / busy-poll p50 ({msg}, {uds}): {ratio:.1}×\n");
             }
+        }
+        for (r, [p50, p99, p999]) in self.idle_ratios() {
+            s += &format!(
+                "{} / {} over the futex floor: p50 {p50:.2}×, p99 {p99:.2}×, p99.9 {p999:.2}×\n",
+                r.transport, r.msg
+            );
         }
         s += "\nGoals:\n";
         for g in self.goals() {
@@ -931,6 +1156,16 @@ impl Report {
                 })
             })
             .collect();
+        let idle: Vec<_> = self
+            .idle_ratios()
+            .into_iter()
+            .map(|(r, [p50, p99, p999])| {
+                serde_json::json!({
+                    "transport": r.transport, "message": r.msg.key(),
+                    "p50": p50, "p99": p99, "p999": p999,
+                })
+            })
+            .collect();
         serde_json::json!({
             "bench": "transport",
             "quick": self.cfg.quick,
@@ -941,7 +1176,8 @@ impl Report {
                 "adaptive_calls": self.cfg.slow_calls,
                 "uds_calls": self.cfg.slow_calls,
                 "idle_calls": self.cfg.idle_calls,
-                "idle_gap_us": IDLE_GAP.as_micros() as u64,
+                "idle_gaps_us": IDLES.map(|i| i.gap.as_micros() as u64),
+                "idle_block": IDLE_BLOCK,
                 "shm_pipelined_msgs": self.cfg.shm_pipelined,
                 "uds_pipelined_msgs": self.cfg.uds_pipelined,
                 "echo_bytes": ECHO_LEN,
@@ -950,6 +1186,7 @@ impl Report {
             "machine": { "cpus": self.cpus, "clock_read_ns": self.clock_ns },
             "rows": rows,
             "uds_p50_over_busy_poll_p50": ratios,
+            "idle_over_futex_floor": idle,
             "goals": goals,
         })
     }
