@@ -22,6 +22,7 @@ mod event;
 mod query;
 mod records;
 mod spawn;
+mod vectors;
 mod watch;
 
 pub use client::{Client, ConnectOptions};
@@ -32,7 +33,8 @@ pub use records::{ListPage, ValueView, MAX_KEY_LEN};
 pub use ringbase_protocol::handshake::WaitMode;
 pub use ringbase_protocol::layout::RingSizes;
 pub use ringbase_protocol::message::{
-    BatchOp, Change, ErrorCode, FieldFilter, QueryRows, Record, Request, Response, SearchHit,
-    SqlValue, StatusInfo, ValueKind, Version,
+    BatchOp, Change, ErrorCode, FieldFilter, Neighbor, QueryRows, Record, Request, Response,
+    SearchHit, SqlValue, StatusInfo, ValueKind, VectorStatus, Version,
 };
 pub use spawn::SpawnOptions;
+pub use vectors::VectorSearch;

@@ -66,6 +66,21 @@ impl Client {
             .saturating_sub(MAX_KEY_LEN as u64 + ENVELOPE)
     }
 
+    /// Checks a key, and the size of what a put carries besides it, against this
+    /// session's limits.
+    pub(crate) fn check_write(&self, key: &str, value_len: u64) -> Result<()> {
+        check_key(key)?;
+        let max = self.max_value_len();
+        if value_len > max {
+            return Err(Error::TooLarge {
+                what: "value",
+                len: value_len,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads a record; `None` if the key has no live record.
     ///
     /// # Errors
@@ -124,15 +139,7 @@ impl Client {
     /// `InvalidKey` (empty key) or `InvalidJson` (a `Json` value that does not parse);
     /// [`Error::Disconnected`] (the write may or may not have been applied).
     pub fn put(&mut self, key: &str, value: &[u8], kind: ValueKind) -> Result<Version> {
-        check_key(key)?;
-        let max = self.max_value_len();
-        if value.len() as u64 > max {
-            return Err(Error::TooLarge {
-                what: "value",
-                len: value.len() as u64,
-                max,
-            });
-        }
+        self.check_write(key, value.len() as u64)?;
         match self.call(&Request::Put {
             key: key.to_string(),
             value: value.to_vec(),

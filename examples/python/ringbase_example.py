@@ -38,6 +38,13 @@ class StatusInfo(ctypes.Structure):
         ("version", c_char_p),
         ("indexes", c_char_p),
         ("fulltext", c_int),
+        ("vector_dim", c_uint32),
+        ("vectors", c_uint64),
+        ("vector_points", c_uint64),
+        ("vector_dead", c_uint64),
+        ("vector_pending", c_uint64),
+        ("vector_rebuilds", c_uint64),
+        ("vector_last_rebuild_ms", c_uint64),
     ]
 
 
@@ -261,6 +268,8 @@ class Client:
             "replica_id": bytes(s.replica_id).hex(),
             "data_dir": s.data_dir.decode(),  # copied now: valid only until the next call
             "version": s.version.decode(),
+            "vector_dim": s.vector_dim,
+            "vectors": s.vectors,
         }
 
 

@@ -228,6 +228,12 @@
 #define RINGBASE_E_EXPIRED -30823
 
 /**
+ * A vector of another dimension than the database's, with a NaN or an infinity, all
+ * zeros, or empty (`ringbase_put_with_vector`, `ringbase_vsearch`). Nothing was written.
+ */
+#define RINGBASE_E_INVALID_VECTOR -30824
+
+/**
  * `ringbase_options::wait_mode`: spin briefly, then sleep (the default).
  */
 #define RINGBASE_WAIT_ADAPTIVE 0
@@ -317,6 +323,15 @@ typedef struct ringbase_hits ringbase_hits;
  * thread rule; it stays safe to free after that client was closed.
  */
 typedef struct ringbase_list ringbase_list;
+
+/**
+ * The results of a vector search (opaque), made by `ringbase_vsearch` and freed by
+ * `ringbase_neighbors_free`; owned by the caller.
+ *
+ * It holds every result, independent of the client it came from. Not thread-safe: use
+ * it from one thread at a time.
+ */
+typedef struct ringbase_neighbors ringbase_neighbors;
 
 /**
  * The rows of a query (opaque), made by `ringbase_query` and freed by
@@ -427,6 +442,34 @@ typedef struct ringbase_status_info {
    * 1 if the full-text index is on (`ringbase_fulltext`), else 0.
    */
   int fulltext;
+  /**
+   * Dimension of the database's vectors (0: none stored yet).
+   */
+  uint32_t vector_dim;
+  /**
+   * Records with a vector (`ringbase_put_with_vector`).
+   */
+  uint64_t vectors;
+  /**
+   * Points in the vector index's HNSW graph, live or dead.
+   */
+  uint64_t vector_points;
+  /**
+   * Dead points in the graph (replaced or deleted vectors; a rebuild drops them).
+   */
+  uint64_t vector_dead;
+  /**
+   * Vectors not yet in the graph (searches scan them exactly).
+   */
+  uint64_t vector_pending;
+  /**
+   * Graph builds since the server started.
+   */
+  uint64_t vector_rebuilds;
+  /**
+   * When the last build finished, unix milliseconds (0: none yet).
+   */
+  uint64_t vector_last_rebuild_ms;
 } ringbase_status_info;
 
 /**
@@ -493,6 +536,72 @@ typedef struct ringbase_value {
    */
   size_t len;
 } ringbase_value;
+
+/**
+ * Options of `ringbase_vsearch`. All zero (or a NULL pointer) means: 10 results, no
+ * minimum score, no prefix, the server's search breadth, no values.
+ */
+typedef struct ringbase_vsearch_options {
+  /**
+   * How many results (0: 10; at most 1000).
+   */
+  uint32_t k;
+  /**
+   * Search breadth of the HNSW graph (0: the server's default): higher finds the
+   * true nearest more often, and takes longer.
+   */
+  uint32_t ef;
+  /**
+   * Only results scoring at least this (0 to 1).
+   */
+  float min_score;
+  /**
+   * 1: return each result's value too.
+   */
+  int with_values;
+  /**
+   * Only keys starting with these `prefix_len` bytes of UTF-8 (NULL with 0: all
+   * keys). `k` results still come back whenever `k` such records with vectors exist.
+   */
+  const char *prefix;
+  /**
+   * Length of `prefix` in bytes.
+   */
+  size_t prefix_len;
+} ringbase_vsearch_options;
+
+/**
+ * One result of `ringbase_vsearch`, filled in by `ringbase_neighbors_next`. The key
+ * and value belong to the `ringbase_neighbors` and stay valid until
+ * `ringbase_neighbors_free`.
+ */
+typedef struct ringbase_neighbor {
+  /**
+   * The key: `key_len` bytes, followed by a NUL byte.
+   */
+  const char *key;
+  /**
+   * Its length in bytes.
+   */
+  size_t key_len;
+  /**
+   * `max(0, cosine similarity)` with the query: 1 for the same direction.
+   */
+  float score;
+  /**
+   * `RINGBASE_JSON` or `RINGBASE_BYTES` if the search asked for values, else 0.
+   */
+  int kind;
+  /**
+   * The value if the search asked for values (`value_len` bytes, followed by a NUL
+   * byte), else NULL.
+   */
+  const void *value;
+  /**
+   * Its length in bytes (0 without values).
+   */
+  size_t value_len;
+} ringbase_neighbor;
 
 /**
  * One event of a change feed (`ringbase_next_event`).
@@ -1423,6 +1532,101 @@ void ringbase_hits_free(struct ringbase_hits *hits);
 int ringbase_fulltext(struct ringbase_client *c,
                       int on,
                       int *changed);
+
+/**
+ * Writes `value` under `key` together with its embedding `vector` (`dim` floats), in
+ * one transaction, and returns once it is committed; the vector is then found by
+ * `ringbase_vsearch` (also by searches on other clients that start after this
+ * returns). Every vector of a database has the dimension of the first one stored. A
+ * later `ringbase_put` (without a vector) or `ringbase_delete` of the key removes
+ * its vector. Arguments as for `ringbase_put`; `vector` is only read during the call.
+ *
+ * Errors: as for `ringbase_put`, and `RINGBASE_E_INVALID_VECTOR` (a dimension other
+ * than the database's, a NaN or an infinity, all zeros, or `dim` 0),
+ * `RINGBASE_E_INVALID` (`vector` NULL with `dim` > 0, or not aligned for `float`).
+ * On any error but `RINGBASE_E_DISCONNECTED`, nothing was written.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `key` and `value` point at `key_len` and `value_len`
+ * readable bytes (or are NULL with length 0); `vector` points at `dim` readable floats
+ * (or is NULL with `dim` 0).
+ */
+int ringbase_put_with_vector(struct ringbase_client *c,
+                             const char *key,
+                             size_t key_len,
+                             const void *value,
+                             size_t value_len,
+                             int kind,
+                             const float *vector,
+                             size_t dim);
+
+/**
+ * The records whose vectors are nearest to `vector` (`dim` floats) by cosine
+ * similarity, best first, as `opts` asks (NULL: the defaults, see
+ * `ringbase_vsearch_options`). The search sees every write made earlier on `c`. No
+ * results (not an error) while no vector is stored.
+ *
+ * Ownership: on success `*out` is a new result owned by the caller (walk it with
+ * `ringbase_neighbors_next`, free it with `ringbase_neighbors_free`). On failure
+ * `*out` is NULL. `vector`, `opts` and its prefix are only read during the call.
+ *
+ * Errors: `RINGBASE_E_INVALID` (`c` or `out` NULL, `vector` NULL with `dim` > 0 or not
+ * aligned, a prefix that is NULL with a length or not UTF-8),
+ * `RINGBASE_E_INVALID_VECTOR` (a dimension other than the database's, a NaN or an
+ * infinity, all zeros, or `dim` 0), `RINGBASE_E_TOO_LARGE` (a prefix longer than
+ * `RINGBASE_MAX_KEY_LEN`), `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `vector` points at `dim` readable floats (or is NULL
+ * with `dim` 0); `opts` is NULL or readable, its `prefix` pointing at `prefix_len`
+ * readable bytes; `out` is NULL or writable.
+ */
+int ringbase_vsearch(struct ringbase_client *c,
+                     const float *vector,
+                     size_t dim,
+                     const struct ringbase_vsearch_options *opts,
+                     struct ringbase_neighbors **out);
+
+/**
+ * The number of results in `n` (0 if NULL). Threads: any, one at a time per `n`.
+ *
+ * # Safety
+ *
+ * `n` is NULL or a live result.
+ */
+size_t ringbase_neighbors_count(const struct ringbase_neighbors *n);
+
+/**
+ * The next result, best first, into `*neighbor` (its key and value belong to `n` and
+ * stay valid until `ringbase_neighbors_free`).
+ *
+ * Errors: `RINGBASE_E_NOT_FOUND` after the last result (calling again returns it
+ * again), `RINGBASE_E_INVALID` (`n` or `neighbor` NULL).
+ *
+ * Threads: any, one at a time per `n`.
+ *
+ * # Safety
+ *
+ * `n` is NULL or a live result; `neighbor` is NULL or writable.
+ */
+int ringbase_neighbors_next(struct ringbase_neighbors *n,
+                            struct ringbase_neighbor *neighbor);
+
+/**
+ * Frees `n` and every key and value it holds. NULL is a no-op. Threads: any, one at a
+ * time per `n`.
+ *
+ * # Safety
+ *
+ * `n` is NULL or a live result, not used again after this call.
+ */
+void ringbase_neighbors_free(struct ringbase_neighbors *n);
 
 /**
  * Starts following every committed change (by any process) to keys under `prefix`

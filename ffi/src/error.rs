@@ -76,6 +76,9 @@ pub const RINGBASE_E_BUDGET: c_int = -30822;
 /// A watch cursor (`since`) older than the server's change log (`ringbase_watch`):
 /// re-read what you follow, then watch from now.
 pub const RINGBASE_E_EXPIRED: c_int = -30823;
+/// A vector of another dimension than the database's, with a NaN or an infinity, all
+/// zeros, or empty (`ringbase_put_with_vector`, `ringbase_vsearch`). Nothing was written.
+pub const RINGBASE_E_INVALID_VECTOR: c_int = -30824;
 
 /// A failed call: the status code and the detail for `ringbase_last_error`.
 #[derive(Debug)]
@@ -140,6 +143,7 @@ pub(crate) fn server_code(code: Option<ErrorCode>) -> c_int {
         Some(ErrorCode::ReadOnly) => RINGBASE_E_READ_ONLY,
         Some(ErrorCode::Budget) => RINGBASE_E_BUDGET,
         Some(ErrorCode::Expired) => RINGBASE_E_EXPIRED,
+        Some(ErrorCode::InvalidVector) => RINGBASE_E_INVALID_VECTOR,
         _ => RINGBASE_E_SERVER,
     }
 }
@@ -172,6 +176,9 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
         RINGBASE_E_READ_ONLY => c"queries are read-only",
         RINGBASE_E_BUDGET => c"the query ran past its budget",
         RINGBASE_E_EXPIRED => c"the change log no longer holds the changes after this cursor",
+        RINGBASE_E_INVALID_VECTOR => {
+            c"invalid vector (wrong dimension, NaN or infinity, or all zeros)"
+        }
         _ => c"unknown ringbase status code",
     }
 }

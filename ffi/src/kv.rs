@@ -580,6 +580,20 @@ pub struct ringbase_status_info {
     pub indexes: *const c_char,
     /// 1 if the full-text index is on (`ringbase_fulltext`), else 0.
     pub fulltext: c_int,
+    /// Dimension of the database's vectors (0: none stored yet).
+    pub vector_dim: u32,
+    /// Records with a vector (`ringbase_put_with_vector`).
+    pub vectors: u64,
+    /// Points in the vector index's HNSW graph, live or dead.
+    pub vector_points: u64,
+    /// Dead points in the graph (replaced or deleted vectors; a rebuild drops them).
+    pub vector_dead: u64,
+    /// Vectors not yet in the graph (searches scan them exactly).
+    pub vector_pending: u64,
+    /// Graph builds since the server started.
+    pub vector_rebuilds: u64,
+    /// When the last build finished, unix milliseconds (0: none yet).
+    pub vector_last_rebuild_ms: u64,
 }
 
 /// Fills `*info` with the server's status.
@@ -617,6 +631,13 @@ pub unsafe extern "C" fn ringbase_status(
             version: st.out_version.as_ptr(),
             indexes: st.out_indexes.as_ptr(),
             fulltext: c_int::from(s.fulltext),
+            vector_dim: s.vectors.dim,
+            vectors: s.vectors.vectors,
+            vector_points: s.vectors.points,
+            vector_dead: s.vectors.dead,
+            vector_pending: s.vectors.pending,
+            vector_rebuilds: s.vectors.rebuilds,
+            vector_last_rebuild_ms: s.vectors.last_rebuild_ms,
         })
     };
     // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's

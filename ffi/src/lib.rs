@@ -36,6 +36,7 @@ mod list;
 mod pipeline;
 mod query;
 mod search;
+mod vectors;
 mod watch;
 
 pub use batch::*;
@@ -46,6 +47,7 @@ pub use list::*;
 pub use pipeline::*;
 pub use query::*;
 pub use search::*;
+pub use vectors::*;
 pub use watch::*;
 
 /// Value kind: UTF-8 JSON text, validated by the server on put.

@@ -285,6 +285,76 @@ pub enum Request {
         /// at most this many hits (0: the server's default)
         limit: u32,
     },
+    /// Put with an embedding ([`Response::Written`]): the record and its vector are
+    /// stored together and indexed for [`Request::VectorSearch`]. Every vector of a
+    /// database has the same dimension (set by the first one stored); a vector of
+    /// another dimension, with a NaN or an infinity, or all zeros is refused
+    /// ([`ErrorCode::InvalidVector`]) and nothing is stored. A plain Put (or a Delete)
+    /// of the key removes its vector.
+    PutVector {
+        /// key
+        key: String,
+        /// value bytes
+        value: Vec<u8>,
+        /// value encoding
+        kind: ValueKind,
+        /// the embedding
+        vector: Vec<f32>,
+    },
+    /// The `k` records whose vectors are nearest to `vector` by cosine similarity
+    /// ([`Response::Neighbors`], best first).
+    VectorSearch {
+        /// the query vector (the database's dimension)
+        vector: Vec<f32>,
+        /// how many (at most [`MAX_NEIGHBORS`]; 0: 10)
+        k: u32,
+        /// only records scoring at least this (`max(0, cosine similarity)`, 0 to 1)
+        min_score: f32,
+        /// only keys starting with this; `k` results still come back whenever `k`
+        /// matching records with vectors exist
+        prefix: Option<String>,
+        /// HNSW search breadth (0: the server's default; raised to at least `k`)
+        ef: u32,
+        /// include each record's value
+        with_values: bool,
+    },
+}
+
+/// Most neighbors one [`Request::VectorSearch`] returns.
+pub const MAX_NEIGHBORS: u32 = 1000;
+
+/// One result of a vector search ([`Response::Neighbors`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct Neighbor {
+    /// The record's key.
+    pub key: String,
+    /// `max(0, cosine similarity)`: 1 for the same direction, 0 for orthogonal or
+    /// opposite.
+    pub score: f32,
+    /// The record, if the search asked for values.
+    pub record: Option<Record>,
+}
+
+/// The vector index, as Status reports it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct VectorStatus {
+    /// Dimension of the database's vectors (0: none stored yet).
+    pub dim: u32,
+    /// Records with a vector.
+    pub vectors: u64,
+    /// Points in the HNSW graph, live or dead.
+    pub points: u64,
+    /// Dead points: replaced or deleted vectors still in the graph (skipped by
+    /// searches; a rebuild drops them).
+    pub dead: u64,
+    /// Vectors stored but not yet in the graph (searches scan them exactly).
+    pub pending: u64,
+    /// Graph rebuilds since the server started (the first build at start counts).
+    pub rebuilds: u64,
+    /// When the last rebuild finished, unix milliseconds (0: none yet).
+    pub last_rebuild_ms: u64,
 }
 
 /// A stored record as returned by reads.
@@ -343,6 +413,8 @@ pub struct StatusInfo {
     pub indexes: Vec<String>,
     /// Whether the full-text index is on (`SetFulltext`).
     pub fulltext: bool,
+    /// The vector index.
+    pub vectors: VectorStatus,
 }
 
 /// Stable error codes carried by [`Response::Error`].
@@ -376,6 +448,8 @@ pub enum ErrorCode {
     /// A watch cursor older than the server's change log: re-read what you follow, then
     /// watch from now.
     Expired = 12,
+    /// A vector of the wrong dimension, with a NaN or an infinity, or all zeros.
+    InvalidVector = 13,
 }
 
 impl ErrorCode {
@@ -395,6 +469,7 @@ impl ErrorCode {
             10 => ReadOnly,
             11 => Budget,
             12 => Expired,
+            13 => InvalidVector,
             _ => return None,
         })
     }
@@ -433,6 +508,8 @@ pub enum Response {
     Done(bool),
     /// Answer to Search: the best hits first.
     Hits(Vec<SearchHit>),
+    /// Answer to VectorSearch: the nearest records first.
+    Neighbors(Vec<Neighbor>),
     /// Answer to Watch: events follow in the event ring.
     Watching {
         /// the watch's id, carried by its events
@@ -584,6 +661,36 @@ mod tests {
             Just(Request::Unwatch),
             (".{0,20}", any::<u32>()).prop_map(|(text, limit)| Request::Search { text, limit }),
             ".{0,20}".prop_map(|path| Request::DropIndex { path }),
+            (
+                ".{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..30),
+                arb_kind(),
+                proptest::collection::vec(-1e6f32..1e6, 0..20)
+            )
+                .prop_map(|(key, value, kind, vector)| Request::PutVector {
+                    key,
+                    value,
+                    kind,
+                    vector
+                }),
+            (
+                proptest::collection::vec(-1e6f32..1e6, 0..20),
+                any::<u32>(),
+                0f32..1.0,
+                proptest::option::of(".{0,10}"),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(vector, k, min_score, prefix, ef, with_values)| {
+                    Request::VectorSearch {
+                        vector,
+                        k,
+                        min_score,
+                        prefix,
+                        ef,
+                        with_values,
+                    }
+                }),
             proptest::collection::vec(
                 prop_oneof![
                     ".{0,10}".prop_map(|key| BatchOp::Delete { key }),

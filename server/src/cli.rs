@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ringbase_client::{
-    Client, FieldFilter, QueryOptions, Record, SqlValue, ValueKind, Version, WatchEvent,
+    Client, FieldFilter, QueryOptions, Record, SqlValue, ValueKind, VectorSearch, Version,
+    WatchEvent,
 };
 use serde_json::{json, Value};
 
@@ -71,8 +72,25 @@ pub fn ping(name: &str) -> ExitCode {
     })
 }
 
-/// `ringbase put KEY JSON` / `ringbase put KEY --bytes-file F`
-pub fn put(name: &str, key: &str, json: Option<&str>, bytes_file: Option<&Path>) -> ExitCode {
+/// A vector given on the command line: a JSON array of numbers.
+fn parse_vector(text: &str) -> Result<Vec<f32>, String> {
+    let v: Vec<f64> = serde_json::from_str(text)
+        .map_err(|e| format!("the vector must be a JSON array of numbers ({e}): {text:?}"))?;
+    Ok(v.into_iter().map(|x| x as f32).collect())
+}
+
+/// `ringbase put KEY JSON [--vector V]` / `ringbase put KEY --bytes-file F [--vector V]`
+pub fn put(
+    name: &str,
+    key: &str,
+    json: Option<&str>,
+    bytes_file: Option<&Path>,
+    vector: Option<&str>,
+) -> ExitCode {
+    let vector = match vector.map(parse_vector).transpose() {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
     let (value, kind) = match (json, bytes_file) {
         (Some(j), None) => (j.as_bytes().to_vec(), ValueKind::Json),
         (None, Some(f)) => match std::fs::read(f) {
@@ -81,7 +99,11 @@ pub fn put(name: &str, key: &str, json: Option<&str>, bytes_file: Option<&Path>)
         },
         _ => return fail(&"give either a JSON value or --bytes-file FILE"),
     };
-    with_client(name, |c| match c.put(key, &value, kind) {
+    let put = |c: &mut Client| match &vector {
+        Some(vec) => c.put_with_vector(key, &value, kind, vec),
+        None => c.put(key, &value, kind),
+    };
+    with_client(name, |c| match put(c) {
         Ok(v) => {
             println!("{}", json!({ "key": key, "version": version_json(&v) }));
             ExitCode::SUCCESS
@@ -208,6 +230,32 @@ pub fn search(name: &str, text: &str, limit: u32) -> ExitCode {
     })
 }
 
+/// `ringbase vsearch VECTOR [--k N] [--prefix P] [--min-score S] [--ef N] [--values]`:
+/// one JSON line per result, best first.
+pub fn vsearch(name: &str, vector: &str, opts: &VectorSearch) -> ExitCode {
+    let vector = match parse_vector(vector) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    with_client(name, |c| match c.vector_search_with(&vector, opts) {
+        Ok(hits) => {
+            let mut out = std::io::stdout().lock();
+            for h in hits {
+                let mut line = match &h.record {
+                    Some(r) => record_json(r),
+                    None => json!({ "key": h.key }),
+                };
+                line["score"] = json!(h.score);
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    })
+}
+
 /// `ringbase watch [--prefix P] [--since N] [--values] [--count N]`: JSON lines. An
 /// overflow marker (the watcher fell behind) prints `{"overflow": LAST}` and resumes
 /// after LAST, so nothing is missed while the server's change log holds it.
@@ -306,6 +354,15 @@ pub fn status(name: &str) -> ExitCode {
                 "write_jobs": s.write_jobs,
                 "indexes": s.indexes,
                 "fulltext": s.fulltext,
+                "vectors": {
+                    "dim": s.vectors.dim,
+                    "vectors": s.vectors.vectors,
+                    "points": s.vectors.points,
+                    "dead": s.vectors.dead,
+                    "pending": s.vectors.pending,
+                    "rebuilds": s.vectors.rebuilds,
+                    "last_rebuild_ms": s.vectors.last_rebuild_ms,
+                },
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             ExitCode::SUCCESS

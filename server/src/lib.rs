@@ -17,8 +17,9 @@
 //!   │          the module that owns it (records, writes, status, queries, ...)
 //!   ▼
 //!  query,    subsystems, each doing the work of its requests: read-only SQL over
-//!  feed        the records view; the change feed (a commit hook) that watchers read
-//!   │          (vector index, sync to come)
+//!  feed,       the records view; the change feed (a commit hook) that watchers read;
+//!  vectors     the HNSW vector index (a commit hook); sync to come
+//!   │
 //!   ▼
 //!  store     records in SQLite, the group-commit writer, read connections, and the
 //!              commit hook: after each COMMIT, before any writer is acknowledged,
@@ -39,6 +40,7 @@ pub mod lock;
 pub mod query;
 mod session;
 pub mod store;
+pub mod vectors;
 
 pub use engine::Engine;
 pub use ipc::{ServeError, Server, ServerConfig};

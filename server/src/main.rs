@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use ringbase_server::engine::EngineConfig;
 use ringbase_server::feed::FeedLimits;
+use ringbase_server::vectors::{GraphParams, VectorConfig};
 use ringbase_server::{Engine, Server, ServerConfig};
 
 mod cli;
@@ -61,6 +62,15 @@ enum Cmd {
         /// How many changes a watcher may fall behind before it gets an overflow marker.
         #[arg(long, default_value_t = FeedLimits::default().max_lag)]
         watch_max_lag: u64,
+        /// HNSW vector index: neighbours per point and layer (M), 2 to 256.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(2..=256))]
+        hnsw_m: u16,
+        /// HNSW vector index: candidates examined per insert (ef_construction).
+        #[arg(long, default_value_t = VectorConfig::default().graph.ef_construction)]
+        hnsw_ef_construction: usize,
+        /// HNSW vector index: default search breadth (ef), when a search leaves it open.
+        #[arg(long, default_value_t = VectorConfig::default().ef_search)]
+        hnsw_ef: usize,
     },
     /// Check that a server is up and measure one round trip.
     Ping {
@@ -81,6 +91,10 @@ enum Cmd {
         /// Store this file's bytes as a raw-bytes value instead.
         #[arg(long)]
         bytes_file: Option<PathBuf>,
+        /// Store this embedding with the record, as a JSON array of numbers, e.g.
+        /// '[0.1, 0.7, -0.2]' (every vector of a database has the same dimension).
+        #[arg(long)]
+        vector: Option<String>,
     },
     /// Print a record's value (a missing key exits 1).
     Get {
@@ -146,6 +160,30 @@ enum Cmd {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// The records whose vectors are nearest to a vector (cosine similarity), best
+    /// first, one JSON object per line: key, score, and with --values the record.
+    Vsearch {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The query vector, as a JSON array of numbers.
+        vector: String,
+        /// How many results.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only results scoring at least this (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        min_score: f32,
+        /// Search breadth [default: the server's].
+        #[arg(long)]
+        ef: Option<u32>,
+        /// Print each result's record too.
+        #[arg(long)]
+        values: bool,
+    },
     /// Turn the full-text index on or off (off by default; on costs write throughput).
     Fulltext {
         /// Server name.
@@ -202,12 +240,23 @@ fn main() -> ExitCode {
             allow_uids,
             change_log,
             watch_max_lag,
+            hnsw_m,
+            hnsw_ef_construction,
+            hnsw_ef,
         } => {
             let config = EngineConfig {
                 feed: FeedLimits {
                     log_changes: change_log.max(1),
                     max_lag: watch_max_lag.max(1),
                     ..FeedLimits::default()
+                },
+                vectors: VectorConfig {
+                    graph: GraphParams {
+                        m: usize::from(hnsw_m),
+                        ef_construction: hnsw_ef_construction.max(1),
+                    },
+                    ef_search: hnsw_ef.max(1),
+                    ..VectorConfig::default()
                 },
             };
             serve(name, data_dir, max_sessions, allow_uids, config)
@@ -218,7 +267,14 @@ fn main() -> ExitCode {
             key,
             json,
             bytes_file,
-        } => cli::put(&name, &key, json.as_deref(), bytes_file.as_deref()),
+            vector,
+        } => cli::put(
+            &name,
+            &key,
+            json.as_deref(),
+            bytes_file.as_deref(),
+            vector.as_deref(),
+        ),
         Cmd::Get { name, key } => cli::get(&name, &key),
         Cmd::Delete { name, key } => cli::delete(&name, &key),
         Cmd::List {
@@ -235,6 +291,25 @@ fn main() -> ExitCode {
             count,
         } => cli::watch(&name, &prefix, since, values, count),
         Cmd::Search { name, text, limit } => cli::search(&name, &text, limit.unwrap_or(0)),
+        Cmd::Vsearch {
+            name,
+            vector,
+            k,
+            prefix,
+            min_score,
+            ef,
+            values,
+        } => cli::vsearch(
+            &name,
+            &vector,
+            &ringbase_client::VectorSearch {
+                k,
+                min_score,
+                prefix,
+                ef: ef.unwrap_or(0),
+                with_values: values,
+            },
+        ),
         Cmd::Fulltext { name, state } => cli::fulltext(&name, state == "on"),
         Cmd::Index { name, cmd } => match cmd {
             IndexCmd::Create { path } => cli::index_create(&name, &path),

@@ -91,6 +91,7 @@ static void test_static_functions(void) {
         RINGBASE_E_CORRUPT, RINGBASE_E_BAD_REQUEST, RINGBASE_E_UNSUPPORTED,
         RINGBASE_E_SHUTTING_DOWN, RINGBASE_E_SERVER, RINGBASE_E_IO, RINGBASE_E_TIMEOUT,
         RINGBASE_E_INVALID_QUERY, RINGBASE_E_READ_ONLY, RINGBASE_E_BUDGET, RINGBASE_E_EXPIRED,
+        RINGBASE_E_INVALID_VECTOR,
     };
     const char *unknown = ringbase_strerror(12345);
     CHECK(unknown != NULL && *unknown);
@@ -165,6 +166,111 @@ static void test_null_handles(void) {
     CHECK(ringbase_hits_count(NULL) == 0);
     CHECK_RC(ringbase_hits_next(NULL, &ck, &n, NULL, NULL, NULL), RINGBASE_E_INVALID);
     ringbase_hits_free(NULL);
+    const float vec[2] = {1, 0};
+    ringbase_neighbors *nb = NULL;
+    ringbase_neighbor one;
+    CHECK_RC(ringbase_put_with_vector(NULL, K("a"), K("1"), RINGBASE_JSON, vec, 2),
+             RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_vsearch(NULL, vec, 2, NULL, &nb), RINGBASE_E_INVALID);
+    CHECK(nb == NULL && ringbase_neighbors_count(NULL) == 0);
+    CHECK_RC(ringbase_neighbors_next(NULL, &one), RINGBASE_E_INVALID);
+    ringbase_neighbors_free(NULL);
+}
+
+/* Vector search: puts with an embedding, nearest neighbours, prefixes, values, errors. */
+static void test_vectors(ringbase_client *c) {
+    ringbase_neighbors *nb = (ringbase_neighbors *)&nb;
+    const float q[4] = {1, 0, 0, 0};
+    /* Nothing stored yet: no results. */
+    CHECK_RC(ringbase_vsearch(c, q, 4, NULL, &nb), RINGBASE_OK);
+    CHECK(ringbase_neighbors_count(nb) == 0);
+    ringbase_neighbors_free(nb);
+    char key[32], val[32];
+    for (int i = 0; i < 50; i++) {
+        float v[4] = {(float)(i % 7) - 3.0f, (float)(i % 5), (float)i / 10.0f, 1.0f};
+        int kn = snprintf(key, sizeof key, "%s:%02d", i < 40 ? "vec" : "other", i);
+        int vn = snprintf(val, sizeof val, "{\"i\":%d}", i);
+        CHECK_RC(ringbase_put_with_vector(c, key, (size_t)kn, val, (size_t)vn, RINGBASE_JSON, v, 4),
+                 RINGBASE_OK);
+    }
+    /* Each stored vector finds its record first, score 1. */
+    const float v7[4] = {(float)(7 % 7) - 3.0f, (float)(7 % 5), 0.7f, 1.0f};
+    ringbase_vsearch_options o;
+    memset(&o, 0, sizeof o);
+    o.k = 3;
+    o.with_values = 1;
+    CHECK_RC(ringbase_vsearch(c, v7, 4, &o, &nb), RINGBASE_OK);
+    CHECK(ringbase_neighbors_count(nb) == 3);
+    ringbase_neighbor n;
+    CHECK_RC(ringbase_neighbors_next(nb, &n), RINGBASE_OK);
+    CHECK(n.key_len == 6 && strcmp(n.key, "vec:07") == 0);
+    CHECK(n.score > 0.9999f && n.score <= 1.0f);
+    CHECK(n.kind == RINGBASE_JSON && n.value_len == 7 && strcmp((const char *)n.value, "{\"i\":7}") == 0);
+    float prev = n.score;
+    int order_ok = 1, count = 1;
+    while (ringbase_neighbors_next(nb, &n) == RINGBASE_OK) {
+        if (n.score > prev) order_ok = 0;
+        prev = n.score;
+        count++;
+    }
+    CHECK(order_ok && count == 3);
+    CHECK_RC(ringbase_neighbors_next(nb, &n), RINGBASE_E_NOT_FOUND);
+    CHECK_RC(ringbase_neighbors_next(nb, NULL), RINGBASE_E_INVALID);
+    ringbase_neighbors_free(nb);
+    /* A prefix: every result under it, k of them when k exist, no values unless asked. */
+    memset(&o, 0, sizeof o);
+    o.k = 20;
+    o.prefix = "other:";
+    o.prefix_len = 6;
+    CHECK_RC(ringbase_vsearch(c, q, 4, &o, &nb), RINGBASE_OK);
+    CHECK(ringbase_neighbors_count(nb) == 10);
+    int under = 1;
+    while (ringbase_neighbors_next(nb, &n) == RINGBASE_OK) {
+        if (strncmp(n.key, "other:", 6) != 0 || n.value != NULL || n.kind != 0) under = 0;
+    }
+    CHECK(under);
+    ringbase_neighbors_free(nb);
+    /* Bad vectors: clear errors, nothing stored. */
+    const float three[3] = {1, 2, 3};
+    const float zero[4] = {0, 0, 0, 0};
+    float nan4[4] = {1, 1, 1, 1};
+    nan4[2] = nan4[2] / 0.0f - nan4[2] / 0.0f; /* inf - inf = NaN */
+    CHECK_RC(ringbase_put_with_vector(c, K("vec:bad"), K("1"), RINGBASE_JSON, three, 3),
+             RINGBASE_E_INVALID_VECTOR);
+    CHECK(strstr(ringbase_last_error(c), "3 dimensions") != NULL);
+    CHECK_RC(ringbase_put_with_vector(c, K("vec:bad"), K("1"), RINGBASE_JSON, zero, 4),
+             RINGBASE_E_INVALID_VECTOR);
+    CHECK_RC(ringbase_put_with_vector(c, K("vec:bad"), K("1"), RINGBASE_JSON, nan4, 4),
+             RINGBASE_E_INVALID_VECTOR);
+    CHECK_RC(ringbase_put_with_vector(c, K("vec:bad"), K("1"), RINGBASE_JSON, NULL, 4),
+             RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_put_with_vector(c, K("vec:bad"), K("1"), RINGBASE_JSON, NULL, 0),
+             RINGBASE_E_INVALID_VECTOR);
+    void *v = NULL;
+    size_t vlen = 0;
+    CHECK_RC(ringbase_get(c, K("vec:bad"), &v, &vlen, NULL), RINGBASE_E_NOT_FOUND);
+    CHECK_RC(ringbase_vsearch(c, three, 3, NULL, &nb), RINGBASE_E_INVALID_VECTOR);
+    CHECK(nb == NULL);
+    CHECK_RC(ringbase_vsearch(c, q, 4, NULL, NULL), RINGBASE_E_INVALID);
+    memset(&o, 0, sizeof o);
+    o.prefix_len = 3; /* NULL prefix with a length */
+    CHECK_RC(ringbase_vsearch(c, q, 4, &o, &nb), RINGBASE_E_INVALID);
+    /* A plain put drops the vector; a delete too. */
+    CHECK_RC(ringbase_put(c, K("vec:07"), K("{}"), RINGBASE_JSON), RINGBASE_OK);
+    CHECK_RC(ringbase_delete(c, K("vec:08")), RINGBASE_OK);
+    memset(&o, 0, sizeof o);
+    o.k = 1000;
+    CHECK_RC(ringbase_vsearch(c, q, 4, &o, &nb), RINGBASE_OK);
+    CHECK(ringbase_neighbors_count(nb) == 48);
+    int gone = 1;
+    while (ringbase_neighbors_next(nb, &n) == RINGBASE_OK) {
+        if (strcmp(n.key, "vec:07") == 0 || strcmp(n.key, "vec:08") == 0) gone = 0;
+    }
+    CHECK(gone);
+    ringbase_neighbors_free(nb);
+    ringbase_status_info info;
+    CHECK_RC(ringbase_status(c, &info), RINGBASE_OK);
+    CHECK(info.vector_dim == 4 && info.vectors == 48);
 }
 
 static void test_connect_errors(const char *server_bin) {
@@ -910,6 +1016,7 @@ int main(void) {
     test_batch(c);
     test_list(c);
     test_query(c);
+    test_vectors(c);
     test_watch(c);
     test_pipeline(c);
     test_second_client(name);

@@ -14,6 +14,7 @@
 //! | Search | `records`: full-text search on the client's read connection |
 //! | Watch, Unwatch | `watches`: the client's cursor into the change feed ([`crate::feed`], a commit hook) |
 //! | Query | `queries`: read-only SQL on the client's own query connection ([`crate::query`]) |
+//! | PutVector, VectorSearch | `vectors`: puts with an embedding (through `writes`), nearest-neighbour search ([`crate::vectors`], a commit hook) |
 //!
 //! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
 //! line; what must follow every committed write (an index, a change log, replication)
@@ -23,6 +24,7 @@ mod indexes;
 mod queries;
 mod records;
 mod status;
+mod vectors;
 mod watches;
 mod writes;
 
@@ -37,6 +39,7 @@ use std::os::unix::fs::DirBuilderExt;
 use crate::feed::{Feed, FeedLimits};
 use crate::lock::{LockError, LockFile};
 use crate::store::{Reader, Store, StoreError, StoreOptions};
+use crate::vectors::{VectorConfig, VectorIndex};
 
 pub use writes::{MAX_QUEUED_WRITE_BYTES, MAX_SESSION_INFLIGHT_BYTES};
 
@@ -55,10 +58,12 @@ pub trait TransportInfo: Send + Sync {
 }
 
 /// Settings of the engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EngineConfig {
     /// Bounds of the change feed.
     pub feed: FeedLimits,
+    /// The vector index.
+    pub vectors: VectorConfig,
 }
 
 /// Called by the engine when a client's watch has new changes (the client's transport
@@ -77,8 +82,9 @@ pub(crate) enum Reply {
 /// The engine shared by all clients.
 #[derive(Debug)]
 pub struct Engine {
-    store: Store,
+    store: Arc<Store>,
     feed: Arc<Feed>,
+    vectors: Arc<VectorIndex>,
     data_dir: PathBuf,
     started: Instant,
     /// Held for the engine's life: one server per data dir (two writers would reuse
@@ -107,20 +113,28 @@ impl Engine {
         })?;
         // Subsystems that follow committed writes register their commit hooks here.
         let feed = Arc::new(Feed::new(config.feed));
-        let hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![feed.clone()];
-        let store = Store::open_with_hooks(
-            &data_dir,
-            StoreOptions {
-                max_value_len: MAX_VALUE_LEN,
-                ..StoreOptions::default()
-            },
-            hooks,
-        )
-        .map_err(|e| e.to_string())?;
+        let vectors = VectorIndex::new(config.vectors);
+        let hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![feed.clone(), vectors.clone()];
+        let store = Arc::new(
+            Store::open_with_hooks(
+                &data_dir,
+                StoreOptions {
+                    max_value_len: MAX_VALUE_LEN,
+                    ..StoreOptions::default()
+                },
+                hooks,
+            )
+            .map_err(|e| e.to_string())?,
+        );
         feed.resume_after(store.last_change_seq());
+        // Builds the graph from the stored vectors in the background.
+        vectors
+            .start(Arc::clone(&store))
+            .map_err(|e| format!("starting the vector index: {e}"))?;
         Ok(Engine {
             store,
             feed,
+            vectors,
             data_dir,
             started: Instant::now(),
             _lock: lock,
@@ -137,9 +151,15 @@ impl Engine {
         &self.data_dir
     }
 
-    /// Drains queued writes, checkpoints and closes storage.
+    /// Stops the vector index, drains queued writes, checkpoints and closes storage.
     pub fn shutdown(&self) {
+        self.vectors.stop();
         self.store.shutdown();
+    }
+
+    /// The vector index.
+    pub fn vectors(&self) -> &Arc<VectorIndex> {
+        &self.vectors
     }
 
     /// The change feed.
@@ -192,6 +212,32 @@ impl Engine {
             ArchivedRequest::Put { key, value, kind } => {
                 Ok(c.writes.put(&self.store, key, value, kind))
             }
+            ArchivedRequest::PutVector {
+                key,
+                value,
+                kind,
+                vector,
+            } => Ok(c.writes.put_vector(&self.store, key, value, kind, vector)),
+            ArchivedRequest::VectorSearch {
+                vector,
+                k,
+                min_score,
+                prefix,
+                ef,
+                with_values,
+            } => vectors::search(
+                self,
+                c,
+                &vectors::SearchArgs {
+                    vector: vector.iter().map(|x| x.to_native()).collect(),
+                    k: k.to_native(),
+                    min_score: min_score.to_native(),
+                    prefix: prefix.as_ref().map_or("", |p| p.as_str()),
+                    ef: ef.to_native(),
+                    with_values: *with_values,
+                },
+            )
+            .map(Reply::Now),
             ArchivedRequest::Delete { key } => Ok(c.writes.delete(&self.store, key)),
             ArchivedRequest::Batch { ops } => Ok(c.writes.batch(&self.store, ops)),
             ArchivedRequest::CreateIndex { path } => {
@@ -332,6 +378,7 @@ fn store_error(e: &StoreError) -> Response {
         StoreError::InvalidKind(_) => ErrorCode::BadRequest,
         StoreError::InvalidFilter(_) => ErrorCode::InvalidQuery,
         StoreError::FulltextOff => ErrorCode::Unsupported,
+        StoreError::InvalidVector(_) => ErrorCode::InvalidVector,
         _ => ErrorCode::Storage,
     };
     Response::error(code, e.to_string())

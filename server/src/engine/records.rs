@@ -79,7 +79,7 @@ pub(super) fn search(c: &mut ClientState, text: &str, limit: u32) -> Result<Resp
     Ok(Response::Hits(out))
 }
 
-fn to_wire(r: store::Record) -> message::Record {
+pub(super) fn to_wire(r: store::Record) -> message::Record {
     message::Record {
         key: r.key,
         value: r.value,

@@ -31,6 +31,7 @@ pub(super) fn is_write(req: &ArchivedRequest) -> bool {
     matches!(
         req,
         ArchivedRequest::Put { .. }
+            | ArchivedRequest::PutVector { .. }
             | ArchivedRequest::Delete { .. }
             | ArchivedRequest::Batch { .. }
     )
@@ -82,6 +83,25 @@ impl Writes {
             key: key.as_str().to_string(),
             value: value.as_slice().to_vec(),
             kind: ValueKind::from_archived(kind),
+            vector: None,
+        };
+        self.submit(store, vec![op], WriteKind::Put)
+    }
+
+    /// PutVector: a put that stores the record's embedding with it.
+    pub(super) fn put_vector(
+        &mut self,
+        store: &Store,
+        key: &ArchivedString,
+        value: &ArchivedVec<u8>,
+        kind: &ArchivedValueKind,
+        vector: &ArchivedVec<rkyv::Archived<f32>>,
+    ) -> Reply {
+        let op = WriteOp::Put {
+            key: key.as_str().to_string(),
+            value: value.as_slice().to_vec(),
+            kind: ValueKind::from_archived(kind),
+            vector: Some(vector.iter().map(|x| x.to_native()).collect()),
         };
         self.submit(store, vec![op], WriteKind::Put)
     }
@@ -103,6 +123,7 @@ impl Writes {
                     key: key.as_str().to_string(),
                     value: value.as_slice().to_vec(),
                     kind: ValueKind::from_archived(kind),
+                    vector: None,
                 },
                 ArchivedBatchOp::Delete { key } => WriteOp::Delete {
                     key: key.as_str().to_string(),

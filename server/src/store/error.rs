@@ -18,6 +18,7 @@
 /// | 9    | `InvalidKind`    | an unknown value-kind tag                                 |
 /// | 10   | `InvalidFilter`  | a JSON path, filter value or search text that cannot be used |
 /// | 11   | `FulltextOff`    | a full-text search while the full-text index is off       |
+/// | 12   | `InvalidVector`  | a vector of the wrong dimension, with NaN/inf, or all zero |
 #[non_exhaustive]
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -68,6 +69,11 @@ pub enum StoreError {
     /// A full-text search while the full-text index is off.
     #[error("full-text search is off: turn it on first (Client::set_fulltext(true), ringbase_fulltext, or `ringbase fulltext on`)")]
     FulltextOff,
+    /// A vector that cannot be stored or searched with: empty or longer than
+    /// [`super::MAX_VECTOR_DIM`], not the database's dimension, with a NaN or an
+    /// infinity, or all zeros (it has no direction).
+    #[error("invalid vector: {0}")]
+    InvalidVector(String),
 }
 
 impl StoreError {
@@ -85,6 +91,7 @@ impl StoreError {
             StoreError::InvalidKind(_) => 9,
             StoreError::InvalidFilter(_) => 10,
             StoreError::FulltextOff => 11,
+            StoreError::InvalidVector(_) => 12,
         }
     }
 }

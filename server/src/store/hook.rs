@@ -52,11 +52,17 @@ impl<'a> Commit<'a> {
                 let this = seq;
                 seq += 1;
                 Some(match op {
-                    WriteOp::Put { key, value, kind } => Change {
+                    WriteOp::Put {
+                        key,
+                        value,
+                        kind,
+                        vector,
+                    } => Change {
                         seq: this,
                         key,
                         value,
                         kind: *kind,
+                        vector: vector.as_deref(),
                         version,
                         updated_at_ms,
                         deleted: false,
@@ -65,6 +71,7 @@ impl<'a> Commit<'a> {
                         seq: this,
                         key,
                         value: &[],
+                        vector: None,
                         // The writer records one kind per delete that wrote a tombstone.
                         kind: tombstone_kinds.next().copied().unwrap_or(ValueKind::Bytes),
                         version,
@@ -99,6 +106,8 @@ pub struct Change<'a> {
     pub value: &'a [u8],
     /// The value's kind (for a tombstone, the kind of the record it removed).
     pub kind: ValueKind,
+    /// The record's vector, if the put stored one (`None`: the record has none now).
+    pub vector: Option<&'a [f32]>,
     /// The version of this write.
     pub version: Version,
     /// Wall-clock time of the write, unix milliseconds.

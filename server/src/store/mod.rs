@@ -47,6 +47,7 @@ mod fulltext;
 mod hook;
 mod reader;
 mod schema;
+mod vectors;
 mod walbuf;
 mod writer;
 
@@ -71,6 +72,7 @@ pub use fulltext::{DEFAULT_HITS, MAX_HITS};
 pub use hook::{Change, Commit, CommitHook};
 pub use reader::{prefix_successor, Reader};
 pub use schema::SCHEMA_VERSION;
+pub use vectors::{check_vector, MAX_VECTOR_DIM};
 pub use writer::{MAX_BYTES_PER_TXN, MAX_JOBS_PER_TXN};
 
 use writer::{Hooks, Shared, StatCounters, Writer};
@@ -200,7 +202,8 @@ pub struct Record {
 /// One operation of a write job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WriteOp {
-    /// Insert or replace the record under `key`.
+    /// Insert or replace the record under `key`, with its vector or without one (a put
+    /// replaces the whole record: without a vector, the key's old vector is removed).
     Put {
         /// The key.
         key: String,
@@ -208,6 +211,9 @@ pub enum WriteOp {
         value: Vec<u8>,
         /// The value's kind (`Json` values must parse).
         kind: ValueKind,
+        /// The record's embedding (checked with [`check_vector`] against the
+        /// database's dimension, which the first vector stored sets).
+        vector: Option<Vec<f32>>,
     },
     /// Delete the record under `key` (leaves a tombstone if it was live).
     Delete {
@@ -222,6 +228,17 @@ impl WriteOp {
         match self {
             WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
         }
+    }
+
+    /// Whether this op stores a vector.
+    pub fn has_vector(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Put {
+                vector: Some(_),
+                ..
+            }
+        )
     }
 }
 
@@ -336,6 +353,7 @@ impl Store {
         let seq = schema::meta_u64(&conn, schema::META_SEQ)?;
         let hlc_high = schema::meta_u64(&conn, schema::META_HLC)?;
         let changes = schema::meta_u64(&conn, schema::META_CHANGES)?;
+        let vector_dim = schema::meta_u64(&conn, schema::META_VECTOR_DIM)?;
         let shared = Arc::new(Shared {
             replica,
             clock: clock::Hlc::new(hlc_high),
@@ -345,6 +363,7 @@ impl Store {
             cache: Arc::new(cache::ReadCache::new(opts.read_cache_bytes)),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             last_change: std::sync::atomic::AtomicU64::new(changes),
+            vector_dim: std::sync::atomic::AtomicU64::new(vector_dim),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = Writer::new(
@@ -407,7 +426,7 @@ impl Store {
     /// Validates a write job for a [`JobQueue`]. An invalid job (or one with no ops) is
     /// answered on `done` right away and gives `None`; otherwise the job to queue.
     pub fn prepare(&self, ticket: u64, ops: Vec<WriteOp>, done: Completion) -> Option<Job> {
-        let bytes = match validate(&ops, &self.opts) {
+        let bytes = match validate(&ops, &self.opts, self.vector_dim()) {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.shared
@@ -443,6 +462,31 @@ impl Store {
     /// there was none yet). It is set before the commit hooks run.
     pub fn last_change_seq(&self) -> u64 {
         self.shared.last_change.load(Ordering::Acquire)
+    }
+
+    /// The dimension of the database's vectors: set by the first vector committed (and
+    /// kept in the database); 0 while none was.
+    pub fn vector_dim(&self) -> usize {
+        self.shared.vector_dim.load(Ordering::Acquire) as usize
+    }
+
+    /// Reads every stored vector in one read transaction of a connection of its own
+    /// (for building the vector index): calls `f(key, vector)` in key order, and
+    /// returns the change sequence number of the last change the snapshot includes
+    /// (`meta`, read in the same transaction).
+    pub fn vector_snapshot(
+        &self,
+        f: impl FnMut(&str, Vec<f32>) -> bool,
+    ) -> Result<u64, StoreError> {
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let conn = schema::open_reader(&self.db_path)?;
+        conn.execute_batch("BEGIN")?;
+        let seq = schema::meta_u64(&conn, schema::META_CHANGES)?;
+        let scanned = vectors::scan(&conn, "", f);
+        let _ = conn.execute_batch("COMMIT");
+        scanned.map(|()| seq)
     }
 
     /// Key and value bytes of the write jobs sent to the writer and not yet applied.
@@ -569,15 +613,31 @@ impl Drop for Store {
     }
 }
 
-/// Check every op of a job against the key rules, JSON validity and size limits.
+/// Check every op of a job against the key rules, JSON validity, size limits and (for
+/// vectors) the database's dimension `dim` (0: not set yet; the writer checks again).
 /// Returns the job's payload size in bytes.
-fn validate(ops: &[WriteOp], opts: &StoreOptions) -> Result<usize, StoreError> {
+fn validate(ops: &[WriteOp], opts: &StoreOptions, dim: usize) -> Result<usize, StoreError> {
     let mut bytes = 0;
     for op in ops {
         let key = op.key();
         validate_key(key, opts)?;
         bytes += key.len();
-        if let WriteOp::Put { value, kind, .. } = op {
+        if let WriteOp::Put {
+            value,
+            kind,
+            vector,
+            ..
+        } = op
+        {
+            if let Some(v) = vector {
+                check_vector(v, dim).map_err(|e| match e {
+                    StoreError::InvalidVector(m) => {
+                        StoreError::InvalidVector(format!("key {key:?}: {m}"))
+                    }
+                    other => other,
+                })?;
+                bytes += v.len() * 4;
+            }
             if value.len() > opts.max_value_len {
                 return Err(StoreError::TooLarge {
                     what: "value",

@@ -155,6 +155,22 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Calls `f(key, vector)` for every stored vector whose key starts with `prefix`, in
+    /// key order, in one read transaction; stops when `f` returns false.
+    pub fn scan_vectors(
+        &mut self,
+        prefix: &str,
+        f: impl FnMut(&str, Vec<f32>) -> bool,
+    ) -> Result<(), StoreError> {
+        super::vectors::scan(&self.conn, prefix, f)
+    }
+
+    /// Number of stored vectors whose key starts with `prefix`, counting no further
+    /// than `limit`.
+    pub fn count_vectors(&mut self, prefix: &str, limit: u64) -> Result<u64, StoreError> {
+        super::vectors::count(&self.conn, prefix, limit)
+    }
+
     /// Number of live records, all of them or those whose key starts with `prefix`.
     pub fn count(&mut self, prefix: Option<&str>) -> Result<u64, StoreError> {
         let n: i64 = match prefix {

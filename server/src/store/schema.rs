@@ -54,6 +54,11 @@ const MIGRATIONS: &[&str] = &[
     // `length` of a blob reads no content.
     "ALTER TABLE records ADD COLUMN json TEXT GENERATED ALWAYS AS
         (CASE WHEN kind = 1 AND length(value) > 0 THEN CAST(value AS TEXT) END) VIRTUAL;",
+    // v3: the embeddings of records that have one (`vec`: little-endian f32s, as given),
+    // keyed like `records` so a key prefix is a range. A separate table keeps the
+    // records' rows small for scans; the writer keeps it in step with `records` in the
+    // same transaction (a put without a vector, or a delete, removes the key's row).
+    "CREATE TABLE vectors(key TEXT NOT NULL PRIMARY KEY, vec BLOB NOT NULL) STRICT, WITHOUT ROWID;",
 ];
 
 /// The newest schema version this build knows.
@@ -67,6 +72,8 @@ pub const META_SEQ: &str = "seq";
 pub const META_HLC: &str = "hlc_high";
 /// `meta` key of the last change sequence number used (see [`super::Change::seq`]).
 pub const META_CHANGES: &str = "changes";
+/// `meta` key of the dimension of the database's vectors (absent or 0: none stored yet).
+pub const META_VECTOR_DIM: &str = "vector_dim";
 
 /// SQLite's `unix-excl` VFS: the server process holds the database file exclusively
 /// (one server per data dir is already guaranteed by the data dir's lock file) and

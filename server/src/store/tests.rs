@@ -45,6 +45,7 @@ fn put_json(key: &str, json: &str) -> WriteOp {
         key: key.into(),
         value: json.as_bytes().to_vec(),
         kind: ValueKind::Json,
+        vector: None,
     }
 }
 
@@ -53,7 +54,29 @@ fn put_bytes(key: &str, value: &[u8]) -> WriteOp {
         key: key.into(),
         value: value.to_vec(),
         kind: ValueKind::Bytes,
+        vector: None,
     }
+}
+
+fn put_vec(key: &str, vector: &[f32]) -> WriteOp {
+    WriteOp::Put {
+        key: key.into(),
+        value: b"1".to_vec(),
+        kind: ValueKind::Json,
+        vector: Some(vector.to_vec()),
+    }
+}
+
+/// Every stored vector, in key order.
+fn stored_vectors(store: &Store) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    store
+        .vector_snapshot(|k, v| {
+            out.push((k.to_string(), v));
+            true
+        })
+        .unwrap();
+    out
 }
 
 fn del(key: &str) -> WriteOp {
@@ -1591,4 +1614,98 @@ fn fulltext_follows_writes_and_deletes() {
         StoreError::FulltextOff
     );
     store.write(vec![put_json("g", r#""phoenix""#)]).unwrap();
+}
+
+#[test]
+fn vectors_follow_their_records_and_bad_ones_store_nothing() {
+    let dir = TestDir::new("vectors");
+    let store = open(&dir);
+    assert_eq!(store.vector_dim(), 0);
+    // A put without a vector in a database without any costs nothing and stores none.
+    store.write(vec![put_json("plain", "1")]).unwrap();
+    assert!(stored_vectors(&store).is_empty());
+    // The first vector sets the dimension, also inside one job.
+    store
+        .write(vec![
+            put_vec("a", &[1.0, 2.0, 3.0]),
+            put_vec("b", &[0.0, 0.0, 1.0]),
+        ])
+        .unwrap();
+    assert_eq!(store.vector_dim(), 3);
+    assert_eq!(
+        stored_vectors(&store),
+        [
+            ("a".into(), vec![1.0, 2.0, 3.0]),
+            ("b".into(), vec![0.0, 0.0, 1.0])
+        ]
+    );
+    // Wrong dimension, NaN, zero: refused, nothing of the job stored.
+    for bad in [vec![1.0, 2.0], vec![f32::NAN, 1.0, 1.0], vec![0.0; 3]] {
+        let e = store
+            .write(vec![put_json("c", "1"), put_vec("d", &bad)])
+            .unwrap_err();
+        assert!(matches!(e, StoreError::InvalidVector(_)), "{e}");
+        let mut r = store.reader().unwrap();
+        assert_eq!(r.get("c").unwrap(), None);
+    }
+    // Two first vectors of different dimensions in one transaction: the writer's check
+    // (the caller's saw no dimension yet) fails the second job alone.
+    let dir2 = TestDir::new("vectors-first");
+    let store2 = open(&dir2);
+    let got = run_grouped(
+        &dir2,
+        &store2,
+        vec![
+            vec![put_json("x", "1")],
+            vec![put_vec("p", &[1.0, 0.0])],
+            vec![put_vec("q", &[1.0, 0.0, 0.0])],
+        ],
+    );
+    assert!(got[1].is_ok());
+    assert!(
+        matches!(got[2], Err(StoreError::InvalidVector(_))),
+        "{:?}",
+        got[2]
+    );
+    assert_eq!(store2.vector_dim(), 2);
+    assert_eq!(stored_vectors(&store2), [("p".into(), vec![1.0, 0.0])]);
+    drop(store2);
+    // A plain put replaces the record and drops its vector; so does a delete.
+    store.write(vec![put_json("a", "2")]).unwrap();
+    store.write(vec![del("b")]).unwrap();
+    assert!(stored_vectors(&store).is_empty());
+    // The dimension is part of the database.
+    store.write(vec![put_vec("e", &[0.5, 0.5, 0.5])]).unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.vector_dim(), 3);
+    assert_eq!(stored_vectors(&store), [("e".into(), vec![0.5, 0.5, 0.5])]);
+    let e = store.write(vec![put_vec("f", &[1.0])]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 dimensions, but this database's vectors have 3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_failing_job_leaves_no_vector_behind() {
+    let dir = TestDir::new("vectors-fail");
+    let store = open(&dir);
+    store.write(vec![put_vec("keep", &[1.0, 0.0])]).unwrap();
+    poison_inserts(&dir);
+    let got = run_grouped(
+        &dir,
+        &store,
+        vec![
+            vec![put_vec("ok1", &[0.0, 1.0])],
+            // One op: the vector is written before the record's insert fails.
+            vec![put_vec("poison", &[1.0, 1.0])],
+            vec![put_vec("ok2", &[1.0, 2.0])],
+        ],
+    );
+    assert!(got[0].is_ok() && got[2].is_ok());
+    assert!(got[1].is_err());
+    let keys: Vec<String> = stored_vectors(&store).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["keep", "ok1", "ok2"]);
 }

@@ -10,7 +10,7 @@ use super::changes::ChangeHub;
 use super::clock::{now_ms, Hlc};
 use super::error::StoreError;
 use super::hook::{Commit, CommitHook};
-use super::schema::{META_CHANGES, META_HLC, META_SEQ};
+use super::schema::{META_CHANGES, META_HLC, META_SEQ, META_VECTOR_DIM};
 use super::{
     Job, ReplicaId, SchemaChange, StoreStats, ToWriter, ValueKind, Version, WriteOp, WriteOutcome,
 };
@@ -74,6 +74,8 @@ pub struct Shared {
     pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// Change sequence number of the last committed change.
     pub last_change: AtomicU64,
+    /// Dimension of the database's vectors (0: none committed yet).
+    pub vector_dim: AtomicU64,
 }
 
 /// The commit hooks given at open.
@@ -116,6 +118,10 @@ pub struct Writer {
     fulltext: bool,
     /// Last change sequence number of a committed transaction.
     changes: u64,
+    /// Dimension of the database's vectors (committed, or set inside the open
+    /// transaction by its first vector); 0 while none was stored, and then a put
+    /// without a vector need not look for one to remove.
+    vector_dim: u64,
 }
 
 impl Writer {
@@ -131,6 +137,7 @@ impl Writer {
         // If this cannot be read, every write's transaction fails at its first
         // statement anyway; assume the index exists so none would skip it.
         let fulltext = super::fulltext::is_on(&conn).unwrap_or(true);
+        let vector_dim = shared.vector_dim.load(Ordering::Relaxed);
         Writer {
             conn,
             db_path,
@@ -140,6 +147,7 @@ impl Writer {
             hlc_high,
             fulltext,
             changes,
+            vector_dim,
         }
     }
 
@@ -293,7 +301,7 @@ impl Writer {
         stats
             .max_jobs_per_transaction
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        let (seq0, hlc0) = (self.seq, self.hlc_high);
+        let (seq0, hlc0, dim0) = (self.seq, self.hlc_high, self.vector_dim);
         // One clock read per transaction: its writes commit together.
         let now_ms = now_ms();
         let mut tombstone_kinds = Vec::new();
@@ -307,7 +315,7 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                (self.seq, self.hlc_high) = (seq0, hlc0);
+                (self.seq, self.hlc_high, self.vector_dim) = (seq0, hlc0, dim0);
                 (batch.iter().map(|_| Err(e.clone())).collect(), None)
             }
         };
@@ -325,6 +333,9 @@ impl Writer {
             self.shared
                 .last_change
                 .store(self.changes, Ordering::Release);
+            self.shared
+                .vector_dim
+                .store(self.vector_dim, Ordering::Release);
             let commit = Commit {
                 jobs: &batch,
                 results: &results,
@@ -371,7 +382,7 @@ impl Writer {
     ) -> Result<(Vec<Result<Vec<WriteOutcome>, StoreError>>, u64), Fatal> {
         let sql = |e: rusqlite::Error| Fatal(e.into());
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
-        let seq0 = self.seq;
+        let (seq0, dim0) = (self.seq, self.vector_dim);
         // Prepared once per transaction (not once per op): the statement cache hashes
         // the whole SQL text on every lookup.
         let mut st = Statements::prepare(&self.conn, self.fulltext).map_err(sql)?;
@@ -380,13 +391,18 @@ impl Writer {
             shared: &self.shared,
             seq: &mut self.seq,
             hlc_high: &mut self.hlc_high,
+            vector_dim: &mut self.vector_dim,
         };
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            let (seq, hlc) = (*clock.seq, *clock.hlc_high);
+            let (seq, hlc, dim) = (*clock.seq, *clock.hlc_high, *clock.vector_dim);
             let n_tombstones = tombstone_kinds.len();
-            // With the full-text index on, each op is several statements.
-            let savepoint = job.ops.len() > 1 || st.fulltext.is_some();
+            // With the full-text index on, or vectors in the database, an op may be
+            // several statements.
+            let savepoint = job.ops.len() > 1
+                || st.fulltext.is_some()
+                || *clock.vector_dim != 0
+                || job.ops.iter().any(WriteOp::has_vector);
             if savepoint {
                 st.savepoint.execute([]).map_err(sql)?;
             }
@@ -400,15 +416,15 @@ impl Writer {
                 Err(e) => {
                     if self.conn.is_autocommit() {
                         // SQLite rolled back the whole transaction (I/O error, disk full...).
-                        return Err(Fatal(e.into()));
+                        return Err(Fatal(e));
                     }
                     if savepoint {
                         st.rollback_to.execute([]).map_err(sql)?;
                         st.release.execute([]).map_err(sql)?;
                     }
-                    (*clock.seq, *clock.hlc_high) = (seq, hlc);
+                    (*clock.seq, *clock.hlc_high, *clock.vector_dim) = (seq, hlc, dim);
                     tombstone_kinds.truncate(n_tombstones);
-                    results.push(Err(e.into()));
+                    results.push(Err(e));
                 }
             }
         }
@@ -424,6 +440,11 @@ impl Writer {
                 .map_err(sql)?;
             st.put_meta
                 .execute(params![META_CHANGES, (self.changes + changes) as i64])
+                .map_err(sql)?;
+        }
+        if self.vector_dim != dim0 {
+            st.put_meta
+                .execute(params![META_VECTOR_DIM, self.vector_dim as i64])
                 .map_err(sql)?;
         }
         drop(st);
@@ -446,6 +467,10 @@ struct Statements<'c> {
     /// Tombstones a live record, returning its kind; matches no row if there is none.
     delete_live: CachedStatement<'c>,
     put_meta: CachedStatement<'c>,
+    /// Stores a key's vector (insert or replace).
+    put_vector: CachedStatement<'c>,
+    /// Removes a key's vector, if it has one.
+    delete_vector: CachedStatement<'c>,
     /// Upkeep of the full-text index, while it is on.
     fulltext: Option<super::fulltext::Maintain<'c>>,
 }
@@ -480,6 +505,11 @@ impl<'c> Statements<'c> {
             put_meta: conn.prepare_cached(
                 "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
             )?,
+            put_vector: conn.prepare_cached(
+                "INSERT INTO vectors(key, vec) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET vec = excluded.vec",
+            )?,
+            delete_vector: conn.prepare_cached("DELETE FROM vectors WHERE key = ?1")?,
         })
     }
 }
@@ -494,6 +524,8 @@ struct VersionClock<'a> {
     seq: &'a mut u64,
     /// Highest HLC written.
     hlc_high: &'a mut u64,
+    /// The database's vector dimension (0: none yet; the first vector sets it).
+    vector_dim: &'a mut u64,
 }
 
 impl VersionClock<'_> {
@@ -520,12 +552,31 @@ fn apply_ops(
     clock: &mut VersionClock<'_>,
     ops: &[WriteOp],
     tombstone_kinds: &mut Vec<ValueKind>,
-) -> Result<Vec<WriteOutcome>, rusqlite::Error> {
+) -> Result<Vec<WriteOutcome>, StoreError> {
     let mut outs = Vec::with_capacity(ops.len());
     let updated_at_ms = clock.now_ms;
     for op in ops {
         match op {
-            WriteOp::Put { key, value, kind } => {
+            WriteOp::Put {
+                key,
+                value,
+                kind,
+                vector,
+            } => {
+                match vector {
+                    Some(v) => {
+                        // Validated on the caller's thread against the dimension of the
+                        // moment; the first vector of a database is only known here.
+                        super::vectors::check_vector(v, *clock.vector_dim as usize)?;
+                        *clock.vector_dim = v.len() as u64;
+                        st.put_vector
+                            .execute(params![key, super::vectors::encode(v)])?;
+                    }
+                    None if *clock.vector_dim != 0 => {
+                        st.delete_vector.execute([key])?;
+                    }
+                    None => {}
+                }
                 let version = clock.next();
                 let row = params![
                     key,
@@ -576,6 +627,9 @@ fn apply_ops(
                 };
                 if let Some(ft) = st.fulltext.as_mut() {
                     ft.update(key, None)?;
+                }
+                if *clock.vector_dim != 0 {
+                    st.delete_vector.execute([key])?;
                 }
                 tombstone_kinds.push(
                     u8::try_from(kind_tag)

@@ -48,6 +48,8 @@ pub struct ServerProc {
     pub name: String,
     pub runtime: PathBuf,
     pub data: PathBuf,
+    /// The extra `serve` arguments it was started with.
+    pub extra: Vec<String>,
 }
 
 pub fn ringbase_bin() -> &'static str {
@@ -87,7 +89,18 @@ impl ServerProc {
             name: name.to_string(),
             runtime: runtime.to_path_buf(),
             data: data.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// Stops this server (if it still runs: SIGKILL) and starts a new one on the same
+    /// runtime and data dirs, with the same arguments.
+    pub fn restart(self) -> ServerProc {
+        let (runtime, data, name) = (self.runtime.clone(), self.data.clone(), self.name.clone());
+        let extra = self.extra.clone();
+        drop(self);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ServerProc::start(&runtime, &data, &name, &extra)
     }
 
     pub fn options(&self) -> ConnectOptions {

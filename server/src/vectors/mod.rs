@@ -1,0 +1,623 @@
+//! The vector index: an HNSW graph over the stored embeddings, kept in step with
+//! storage through the commit hook, with exact search where the graph cannot answer.
+//!
+//! # Agreement with storage
+//!
+//! SQLite holds the vectors (`store::vectors`); this index is derived from it and never
+//! the other way round. The commit hook ([`VectorIndex`] is a [`CommitHook`]) sees every
+//! committed put and delete before the writer acknowledges it, and applies it to the
+//! index's bookkeeping at once (a map and a few hash operations, never a graph insert):
+//!
+//! - the key's old point, if any, is no longer live (`live` maps a key to the id of its
+//!   current point; a point whose key maps elsewhere is dead, and searches skip it);
+//! - a new vector goes to `pending`, which searches scan exactly.
+//!
+//! The index thread moves pending vectors into the graph, one at a time, and makes
+//! each live only if it is still the key's current vector. So a search, which looks at
+//! live graph points plus `pending`, sees exactly the committed vectors: a client's
+//! search after its acknowledged write includes it, and no search returns a deleted
+//! record or an old vector.
+//!
+//! # Rebuilds
+//!
+//! A graph only grows: replaced and deleted vectors stay in it as dead points. When
+//! they pass [`VectorConfig::rebuild_dead_fraction`] of the graph, the index thread
+//! builds a new graph from a snapshot of the `vectors` table while the old one keeps
+//! serving. Keys changed after the rebuild began are journaled; at the swap, the new
+//! graph's points of journaled or pending keys are dropped (their current vector, if
+//! any, is in `pending`, which goes on to the new graph). The first build at start is
+//! a rebuild from an empty graph; until it is swapped in, searches scan storage exactly
+//! (correct, slower).
+//!
+//! # Search
+//!
+//! With a key prefix that few vectors match, an exact scan of those vectors in storage
+//! is both exact and cheaper than a filtered graph walk (which degenerates towards a
+//! scan when most points fail the filter); otherwise the graph is searched, filtered
+//! on the prefix, over-fetching when dead points may hide results and retrying wider
+//! until `k` live results are found or the graph has none left. See
+//! [`VectorConfig::exact_max`].
+
+mod graph;
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use graph::{dot, normalized, Graph, GraphParams};
+
+use crate::store::{Commit, CommitHook, Reader, Store, StoreError};
+
+/// Settings of the vector index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VectorConfig {
+    /// How the graph is built.
+    pub graph: GraphParams,
+    /// Search breadth when a request leaves it to the server.
+    pub ef_search: usize,
+    /// Rebuild the graph when dead points make up more than this fraction of it…
+    pub rebuild_dead_fraction: f64,
+    /// …and there are at least this many.
+    pub rebuild_min_dead: usize,
+    /// A prefix search scans storage exactly when at most this many vectors match the
+    /// prefix (or at most 1/16 of all vectors, whichever is larger).
+    pub exact_max: u64,
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        VectorConfig {
+            graph: GraphParams::default(),
+            ef_search: 64,
+            rebuild_dead_fraction: 0.25,
+            rebuild_min_dead: 1000,
+            exact_max: 2000,
+        }
+    }
+}
+
+/// One search result: key, score (`max(0, cosine similarity)`).
+pub type Hit = (String, f32);
+
+/// What Status shows of the index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// Records with a vector (live graph points plus pending vectors).
+    pub vectors: u64,
+    /// Points in the graph, live or dead.
+    pub points: u64,
+    /// Dead points in the graph.
+    pub dead: u64,
+    /// Vectors not yet in the graph.
+    pub pending: u64,
+    /// Builds swapped in since start.
+    pub rebuilds: u64,
+    /// When the last one was, unix ms (0: none yet).
+    pub last_rebuild_ms: u64,
+    /// Whether a complete graph serves searches (false until the first build is done).
+    pub ready: bool,
+}
+
+/// The index's bookkeeping, under one lock (held briefly: never during a graph insert
+/// or search).
+struct State {
+    /// The graph that serves searches (empty until the first build is swapped in).
+    graph: Arc<Graph>,
+    /// Whether `graph` plus `pending` hold every stored vector.
+    ready: bool,
+    /// Key -> id of its current vector's point in `graph`.
+    live: HashMap<Arc<str>, u32>,
+    /// Committed vectors (normalised) not yet in `graph`, by key.
+    pending: HashMap<Arc<str>, Arc<[f32]>>,
+    /// Keys changed since the running rebuild began (`None`: no rebuild running).
+    journal: Option<HashSet<Arc<str>>>,
+    /// Dead points in `graph`.
+    dead: usize,
+    rebuilds: u64,
+    last_rebuild_ms: u64,
+}
+
+/// Wakes the index thread.
+#[derive(Default)]
+struct Signal {
+    flag: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Signal {
+    fn notify(&self) {
+        *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_one();
+    }
+
+    /// Waits at most `timeout` for a notification; clears it.
+    fn wait(&self, timeout: Duration) {
+        let guard = self.flag.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) = self
+            .cond
+            .wait_timeout_while(guard, timeout, |f| !*f)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard = false;
+    }
+}
+
+/// The vector index of a store. Register it as a commit hook before the store opens,
+/// then [`VectorIndex::start`] it.
+pub struct VectorIndex {
+    config: VectorConfig,
+    state: RwLock<State>,
+    signal: Signal,
+    stop: AtomicBool,
+    /// Set once any vector was seen: until then a commit costs the hook nothing.
+    any: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VectorIndex {
+    /// An index with nothing in it yet (not ready: searches scan storage).
+    pub fn new(config: VectorConfig) -> Arc<VectorIndex> {
+        Arc::new(VectorIndex {
+            config,
+            state: RwLock::new(State {
+                graph: Arc::new(Graph::new(config.graph, 0, 0)),
+                ready: false,
+                live: HashMap::new(),
+                pending: HashMap::new(),
+                journal: None,
+                dead: 0,
+                rebuilds: 0,
+                last_rebuild_ms: 0,
+            }),
+            signal: Signal::default(),
+            stop: AtomicBool::new(false),
+            any: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &VectorConfig {
+        &self.config
+    }
+
+    /// Starts the index thread: it builds the graph from `store`'s vectors, then keeps
+    /// it up to date. `store` must be the store this index is a hook of.
+    pub fn start(self: &Arc<Self>, store: Arc<Store>) -> Result<(), StoreError> {
+        if store.vector_dim() > 0 {
+            self.any.store(true, Ordering::Release);
+        }
+        let me = Arc::clone(self);
+        let handle = std::thread::Builder::new()
+            .name("ringbase-vectors".into())
+            .spawn(move || me.run(&store))
+            .map_err(StoreError::from)?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the index thread (an unfinished build is abandoned).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.signal.notify();
+        if let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index's state for Status.
+    pub fn status(&self) -> IndexStatus {
+        let st = self.read();
+        IndexStatus {
+            vectors: (st.live.len() + st.pending.len()) as u64,
+            points: st.graph.len() as u64,
+            dead: st.dead as u64,
+            pending: st.pending.len() as u64,
+            rebuilds: st.rebuilds,
+            last_rebuild_ms: st.last_rebuild_ms,
+            ready: st.ready,
+        }
+    }
+
+    /// The `k` records nearest to `query` (of the store's dimension, checked by the
+    /// caller) whose key starts with `prefix`, best first, scoring at least
+    /// `min_score`; `ef` 0 means [`VectorConfig::ef_search`]. `reader` is the caller's
+    /// read connection: it must see every write the caller was told about.
+    pub fn search(
+        &self,
+        reader: &mut Reader,
+        query: &[f32],
+        k: usize,
+        prefix: &str,
+        ef: usize,
+        min_score: f32,
+    ) -> Result<Vec<Hit>, StoreError> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let unit = normalized(query);
+        let ef = if ef == 0 { self.config.ef_search } else { ef };
+        let (ready, total) = {
+            let st = self.read();
+            (st.ready, (st.live.len() + st.pending.len()) as u64)
+        };
+        let exact = !ready
+            || (!prefix.is_empty() && {
+                let limit = self.config.exact_max.max(total / 16);
+                reader.count_vectors(prefix, limit + 1)? <= limit
+            });
+        let mut top = TopK::new(k, min_score);
+        if exact {
+            reader.scan_vectors(prefix, |key, v| {
+                top.offer(key, score(&unit, &normalized(&v)));
+                true
+            })?;
+        } else {
+            self.search_graph(&unit, k, ef, prefix, &mut top);
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// The graph part of a search: live graph points plus the pending vectors.
+    fn search_graph(&self, unit: &[f32], k: usize, ef: usize, prefix: &str, top: &mut TopK) {
+        let (graph, pending, dead_fraction) = {
+            let st = self.read();
+            let pending: Vec<(Arc<str>, Arc<[f32]>)> = st
+                .pending
+                .iter()
+                .filter(|(key, _)| key.starts_with(prefix))
+                .map(|(key, v)| (Arc::clone(key), Arc::clone(v)))
+                .collect();
+            let points = st.graph.len().max(1);
+            (
+                Arc::clone(&st.graph),
+                pending,
+                st.dead as f64 / points as f64,
+            )
+        };
+        for (key, v) in &pending {
+            top.offer(key, score(unit, v));
+        }
+        // Ask for more than k when dead points may take places; widen until k live
+        // results are in or the graph has no more.
+        let mut want = k + (k as f64 * dead_fraction * 2.0).ceil() as usize;
+        loop {
+            let found = graph.search(unit, want, ef.max(want), prefix);
+            let exhausted = found.len() < want;
+            let mut live = 0;
+            {
+                let st = self.read();
+                for (id, key, dist) in &found {
+                    if st.live.get(key) == Some(id) {
+                        live += 1;
+                        top.offer(key, (1.0 - dist).max(0.0));
+                    }
+                }
+            }
+            if live >= k || exhausted || want >= graph.len() {
+                break;
+            }
+            want *= 2;
+        }
+    }
+
+    /// The index thread: build, then insert pending vectors and rebuild when dead
+    /// points pile up, until stopped.
+    fn run(&self, store: &Store) {
+        let mut built = false;
+        while !self.stop.load(Ordering::Acquire) {
+            let (pending, need_rebuild) = {
+                let st = self.read();
+                let dead_heavy = st.dead >= self.config.rebuild_min_dead
+                    && st.dead as f64 > st.graph.len() as f64 * self.config.rebuild_dead_fraction;
+                (st.pending.len(), !built || dead_heavy)
+            };
+            // Pending vectors go in before a rebuild for dead points starts: a rebuild
+            // leaves the vectors pending at its start dead in the new graph, so
+            // rebuilding first could leave as many dead points as it removed (and
+            // start again), never inserting anything.
+            if pending > 0 && built {
+                self.insert_pending(256);
+                continue;
+            }
+            if need_rebuild {
+                match self.rebuild(store) {
+                    Ok(true) => built = true,
+                    Ok(false) => return, // stopped
+                    Err(e) => {
+                        eprintln!(
+                            "ringbase: building the vector index failed: {e}; retrying in 1 s"
+                        );
+                        self.signal.wait(Duration::from_secs(1));
+                    }
+                }
+                continue;
+            }
+            self.signal.wait(Duration::from_millis(500));
+        }
+    }
+
+    /// Inserts up to `n` pending vectors into the graph.
+    fn insert_pending(&self, n: usize) {
+        let (graph, batch) = {
+            let st = self.read();
+            let dim = st.graph.dim();
+            let batch: Vec<(Arc<str>, Arc<[f32]>)> = st
+                .pending
+                .iter()
+                .filter(|(_, v)| v.len() == dim)
+                .take(n)
+                .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+                .collect();
+            (Arc::clone(&st.graph), batch)
+        };
+        if batch.is_empty() {
+            // Pending vectors of another dimension than the graph's (the first vectors
+            // of a database that had none at start): a rebuild makes a graph for them.
+            let mut st = self.write();
+            if !st.pending.is_empty() && st.graph.is_empty() {
+                let dim = st.pending.values().next().map_or(0, |v| v.len());
+                st.graph = Arc::new(Graph::new(self.config.graph, dim, 1024));
+            }
+            return;
+        }
+        let ids: Vec<u32> = batch
+            .iter()
+            .map(|(k, v)| graph.insert(Arc::clone(k), v))
+            .collect();
+        let mut st = self.write();
+        if !Arc::ptr_eq(&st.graph, &graph) {
+            return;
+        }
+        for ((key, v), id) in batch.into_iter().zip(ids) {
+            let current = st.pending.get(&key).is_some_and(|p| Arc::ptr_eq(p, &v));
+            if current {
+                st.pending.remove(&key);
+                st.live.insert(key, id);
+            } else {
+                // Replaced or removed while it was being inserted.
+                st.dead += 1;
+            }
+        }
+    }
+
+    /// Builds a new graph from `store`'s vectors and swaps it in. `Ok(false)` if
+    /// stopped before it was done.
+    fn rebuild(&self, store: &Store) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let capacity = {
+            let mut st = self.write();
+            st.journal = Some(HashSet::new());
+            st.live.len() + st.pending.len()
+        };
+        let result = self.build_from(store, capacity);
+        let mut st = self.write();
+        let journal = st.journal.take().unwrap_or_default();
+        let Some((graph, mut live)) = result? else {
+            return Ok(false);
+        };
+        // Points of keys changed since the snapshot, or whose vector waits in pending,
+        // are not current in the new graph.
+        let mut dead = 0;
+        for key in journal.iter().chain(st.pending.keys()) {
+            if live.remove(key).is_some() {
+                dead += 1;
+            }
+        }
+        let points = graph.len();
+        st.graph = Arc::new(graph);
+        st.live = live;
+        st.dead = dead;
+        st.ready = true;
+        st.rebuilds += 1;
+        st.last_rebuild_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        drop(st);
+        if points > 0 {
+            eprintln!(
+                "ringbase: vector index built: {points} points in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(true)
+    }
+
+    /// A graph of every vector in a snapshot of `store`, with its key -> id map; `None`
+    /// if stopped first.
+    #[allow(clippy::type_complexity)]
+    fn build_from(
+        &self,
+        store: &Store,
+        capacity: usize,
+    ) -> Result<Option<(Graph, HashMap<Arc<str>, u32>)>, StoreError> {
+        let dim = store.vector_dim();
+        let graph = Graph::new(self.config.graph, dim, capacity);
+        let mut live = HashMap::with_capacity(capacity);
+        let mut stopped = false;
+        let mut bad = None;
+        let started = Instant::now();
+        let mut last_report = started;
+        store.vector_snapshot(|key, v| {
+            if self.stop.load(Ordering::Relaxed) {
+                stopped = true;
+                return false;
+            }
+            if let Err(e) = crate::store::check_vector(&v, graph.dim()) {
+                bad = Some(StoreError::Corrupt(format!(
+                    "stored vector of {key:?}: {e}"
+                )));
+                return false;
+            }
+            let key: Arc<str> = key.into();
+            let id = graph.insert(Arc::clone(&key), &normalized(&v));
+            live.insert(key, id);
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                eprintln!(
+                    "ringbase: building the vector index: {} of about {capacity} points, {:.0} s",
+                    live.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            true
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        Ok((!stopped).then_some((graph, live)))
+    }
+}
+
+impl CommitHook for VectorIndex {
+    fn committed(&self, commit: &Commit<'_>) {
+        let any_vector = commit.changes().any(|c| c.vector.is_some());
+        if !any_vector && !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        if !any_vector {
+            // Only puts without vectors and deletes: nothing to do unless one of those
+            // keys has a vector now.
+            let st = self.read();
+            if !commit
+                .changes()
+                .any(|c| st.live.contains_key(c.key) || st.pending.contains_key(c.key))
+            {
+                return;
+            }
+        }
+        self.any.store(true, Ordering::Release);
+        let mut st = self.write();
+        let mut woke = false;
+        for c in commit.changes() {
+            let key: Arc<str> = c.key.into();
+            if st.live.remove(&key).is_some() {
+                st.dead += 1;
+            }
+            st.pending.remove(&key);
+            if let Some(v) = c.vector {
+                st.pending.insert(Arc::clone(&key), normalized(v).into());
+                woke = true;
+            }
+            if let Some(j) = st.journal.as_mut() {
+                j.insert(key);
+            }
+        }
+        drop(st);
+        if woke {
+            self.signal.notify();
+        }
+    }
+}
+
+/// `max(0, cosine similarity)` of two unit vectors.
+fn score(a: &[f32], b: &[f32]) -> f32 {
+    dot(a, b).clamp(0.0, 1.0)
+}
+
+/// The best `k` (key, score) pairs offered, at or above a minimum score, each key once.
+struct TopK {
+    k: usize,
+    min: f32,
+    /// Min-heap by score (the worst kept result on top).
+    heap: BinaryHeap<std::cmp::Reverse<Scored>>,
+    keys: HashSet<Arc<str>>,
+}
+
+/// A key with its score, ordered by score, then key.
+#[derive(PartialEq)]
+struct Scored(f32, Arc<str>);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+impl TopK {
+    fn new(k: usize, min: f32) -> TopK {
+        TopK {
+            k,
+            min,
+            heap: BinaryHeap::with_capacity(k + 1),
+            keys: HashSet::new(),
+        }
+    }
+
+    fn offer(&mut self, key: &str, score: f32) {
+        if score < self.min || self.keys.contains(key) {
+            return;
+        }
+        if self.heap.len() == self.k {
+            let worst = &self.heap.peek().expect("k > 0").0;
+            if Scored(score, key.into()) <= *worst {
+                return;
+            }
+            let std::cmp::Reverse(Scored(_, gone)) = self.heap.pop().expect("k > 0");
+            self.keys.remove(&gone);
+        }
+        let key: Arc<str> = key.into();
+        self.keys.insert(Arc::clone(&key));
+        self.heap.push(std::cmp::Reverse(Scored(score, key)));
+    }
+
+    /// Best first.
+    fn into_sorted(self) -> Vec<Hit> {
+        let mut v: Vec<Scored> = self.heap.into_iter().map(|r| r.0).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v.into_iter()
+            .map(|Scored(s, k)| (k.to_string(), s))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_best_once_each_at_or_above_the_minimum() {
+        let mut t = TopK::new(3, 0.2);
+        for (k, s) in [
+            ("a", 0.5),
+            ("b", 0.9),
+            ("c", 0.1),
+            ("d", 0.7),
+            ("b", 0.95),
+            ("e", 0.6),
+        ] {
+            t.offer(k, s);
+        }
+        let got = t.into_sorted();
+        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "d", "e"]);
+        assert_eq!(got[0].1, 0.9, "a key offered twice keeps its first score");
+    }
+}
