@@ -474,10 +474,7 @@ impl Store {
     /// (for building the vector index): calls `f(key, vector)` in key order, and
     /// returns the change sequence number of the last change the snapshot includes
     /// (`meta`, read in the same transaction).
-    pub fn vector_snapshot(
-        &self,
-        f: impl FnMut(&str, Vec<f32>) -> bool,
-    ) -> Result<u64, StoreError> {
+    pub fn vector_snapshot(&self, f: impl FnMut(&str, &[f32]) -> bool) -> Result<u64, StoreError> {
         if self.is_closed() {
             return Err(StoreError::Closed);
         }

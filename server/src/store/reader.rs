@@ -160,7 +160,7 @@ impl Reader {
     pub fn scan_vectors(
         &mut self,
         prefix: &str,
-        f: impl FnMut(&str, Vec<f32>) -> bool,
+        f: impl FnMut(&str, &[f32]) -> bool,
     ) -> Result<(), StoreError> {
         super::vectors::scan(&self.conn, prefix, f)
     }

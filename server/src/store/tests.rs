@@ -72,7 +72,7 @@ fn stored_vectors(store: &Store) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
     store
         .vector_snapshot(|k, v| {
-            out.push((k.to_string(), v));
+            out.push((k.to_string(), v.to_vec()));
             true
         })
         .unwrap();

@@ -56,18 +56,21 @@ pub fn encode(v: &[f32]) -> Vec<u8> {
     out
 }
 
-/// A stored vector back as `f32`s; `Corrupt` if the blob is not a whole number of them.
-pub fn decode(key: &str, blob: &[u8]) -> Result<Vec<f32>, StoreError> {
+/// A stored vector back as `f32`s into `out` (cleared first, its allocation reused);
+/// `Corrupt` if the blob is not a whole number of them.
+fn decode_into(key: &str, blob: &[u8], out: &mut Vec<f32>) -> Result<(), StoreError> {
     if blob.is_empty() || !blob.len().is_multiple_of(4) {
         return Err(StoreError::Corrupt(format!(
             "the vector of {key:?} has {} bytes",
             blob.len()
         )));
     }
-    Ok(blob
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    out.clear();
+    out.extend(
+        blob.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    Ok(())
 }
 
 /// Calls `f(key, vector)` for every stored vector whose key starts with `prefix`, in key
@@ -76,19 +79,28 @@ pub fn decode(key: &str, blob: &[u8]) -> Result<Vec<f32>, StoreError> {
 pub fn scan(
     conn: &Connection,
     prefix: &str,
-    mut f: impl FnMut(&str, Vec<f32>) -> bool,
+    mut f: impl FnMut(&str, &[f32]) -> bool,
 ) -> Result<(), StoreError> {
+    // Two statements, not `(?2 IS NULL OR key < ?2)`: SQLite uses only a plain upper
+    // bound to end the range scan (with the OR it read to the end of the table).
     let upper = prefix_successor(prefix);
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, vec FROM vectors WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key",
-    )?;
-    let mut rows = stmt.query(rusqlite::params![prefix, upper])?;
+    let mut stmt = match upper {
+        Some(_) => conn.prepare_cached(
+            "SELECT key, vec FROM vectors WHERE key >= ?1 AND key < ?2 ORDER BY key",
+        )?,
+        None => conn.prepare_cached("SELECT key, vec FROM vectors WHERE key >= ?1 ORDER BY key")?,
+    };
+    let mut rows = match &upper {
+        Some(up) => stmt.query(rusqlite::params![prefix, up])?,
+        None => stmt.query(rusqlite::params![prefix])?,
+    };
+    let mut v = Vec::new();
     while let Some(row) = rows.next()? {
         let corrupt =
             |e: rusqlite::types::FromSqlError| StoreError::Corrupt(format!("vectors table: {e}"));
         let key = row.get_ref(0)?.as_str().map_err(corrupt)?;
-        let v = decode(key, row.get_ref(1)?.as_blob().map_err(corrupt)?)?;
-        if !f(key, v) {
+        decode_into(key, row.get_ref(1)?.as_blob().map_err(corrupt)?, &mut v)?;
+        if !f(key, &v) {
             break;
         }
     }
@@ -98,16 +110,17 @@ pub fn scan(
 /// Number of stored vectors whose key starts with `prefix`, counting no further than
 /// `limit`.
 pub fn count(conn: &Connection, prefix: &str, limit: u64) -> Result<u64, StoreError> {
-    let upper = prefix_successor(prefix);
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM vectors
-               WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) LIMIT ?3)",
-        )?
-        .query_row(
-            rusqlite::params![prefix, upper, limit.min(i64::MAX as u64) as i64],
-            |r| r.get(0),
-        )?;
+    let limit = limit.min(i64::MAX as u64) as i64;
+    let n: i64 = match prefix_successor(prefix) {
+        Some(up) => conn
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM vectors WHERE key >= ?1 AND key < ?2 LIMIT ?3)",
+            )?
+            .query_row(rusqlite::params![prefix, up, limit], |r| r.get(0))?,
+        None => conn
+            .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM vectors WHERE key >= ?1 LIMIT ?2)")?
+            .query_row(rusqlite::params![prefix, limit], |r| r.get(0))?,
+    };
     Ok(n as u64)
 }
 
@@ -126,6 +139,12 @@ mod tests {
         assert!(err(&vec![1.0; MAX_VECTOR_DIM + 1], 0).contains("at most"));
         check_vector(&[0.0, 1e-30], 2).unwrap();
         check_vector(&vec![1.0; MAX_VECTOR_DIM], 0).unwrap();
+    }
+
+    fn decode(key: &str, blob: &[u8]) -> Result<Vec<f32>, StoreError> {
+        let mut out = vec![9.0];
+        decode_into(key, blob, &mut out)?;
+        Ok(out)
     }
 
     #[test]

@@ -266,7 +266,11 @@ impl VectorIndex {
         let mut top = TopK::new(k, min_score);
         if exact {
             reader.scan_vectors(prefix, |key, v| {
-                top.offer(key, score(&unit, &normalized(&v)));
+                // cos = q·v / |v| for the unit query: no normalised copy of v needed.
+                let norm = dot(v, v).sqrt();
+                if norm > 0.0 && norm.is_finite() {
+                    top.offer(key, (dot(&unit, v) / norm).clamp(0.0, 1.0));
+                }
                 true
             })?;
         } else {
@@ -460,19 +464,19 @@ impl VectorIndex {
                 stopped = true;
                 return false;
             }
-            if let Err(e) = crate::store::check_vector(&v, graph.dim()) {
+            if let Err(e) = crate::store::check_vector(v, graph.dim()) {
                 bad = Some(StoreError::Corrupt(format!(
                     "stored vector of {key:?}: {e}"
                 )));
                 return false;
             }
             let key: Arc<str> = key.into();
-            let id = graph.insert(Arc::clone(&key), &normalized(&v));
+            let id = graph.insert(Arc::clone(&key), &normalized(v));
             live.insert(key, id);
             if last_report.elapsed() >= Duration::from_secs(5) {
                 last_report = Instant::now();
                 eprintln!(
-                    "ringbase: building the vector index: {} of about {capacity} points, {:.0} s",
+                    "ringbase: building the vector index: {} points so far, {:.0} s",
                     live.len(),
                     started.elapsed().as_secs_f64()
                 );

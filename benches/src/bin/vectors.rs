@@ -1,0 +1,810 @@
+//! `vectors`: the vector index benchmark (issue 9).
+//!
+//! For each dimension (128 and 384), a generated data set: a seeded Gaussian mixture
+//! of 1,000 centres (centre components N(0,1), points = centre + N(0,1) noise),
+//! L2-normalised, N base vectors (100k) and Q held-out queries (1,000) from the same
+//! mixture, with the exact top-10 of every query by brute force. Then, single-threaded
+//! searches, for ef = 16 … 256, recall@10 and queries/s of:
+//!
+//! - **ringbase**: a fresh `ringbase serve`, loaded with pipelined puts with vectors
+//!   (the server's index thread inserts them as they commit); searches through the
+//!   shared-memory client, one at a time (each timed: p50 is reported too);
+//! - **in-process**: the same graph code (`ringbase_server::vectors::Graph`, hnsw_rs,
+//!   same M and ef_construction) built and searched in this process: the cost of the
+//!   server and the transport is the difference;
+//! - **hnswlib** (Python package, same run, same data, `space="cosine"`, same M and
+//!   ef_construction, one thread for build and search, one batch call per ef so no
+//!   Python overhead per query): `benches/python/hnswlib_bench.py`, run with
+//!   `--python` (default `python3`); skipped with a note if `import hnswlib` fails.
+//!
+//! Build time, and memory (server RSS growth from before the load to after indexing;
+//! this process's RSS growth for the in-process graph; hnswlib's peak RSS growth).
+//!
+//! **Prefix filters**: every key is `G/NNNNNNNN` with a group `G` that holds 0.1%, 1%,
+//! 5% or 25% of the vectors (the rest are in `z/`). For each group, searches under its
+//! prefix through the server (which scans exactly or walks the graph, by its rule), and
+//! in process both the prefix-filtered graph walk and an exact scan of the group's
+//! vectors in memory, each with its recall against the exact top-10 of the group: where
+//! the exact scan stops being the cheaper way is where the server's switch belongs.
+//!
+//! ```text
+//! pip install numpy hnswlib        # hnswlib builds from source: needs g++
+//! cargo build --release -p ringbase-server -p ringbase-benches
+//! ./target/release/vectors [--quick] [--n N] [--queries Q] [--dims 128,384]
+//!                          [--server PATH] [--json PATH] [--python PATH]
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringbase_benches::harness::{
+    check_server, exit_code, proc_memory, usage_error, write_json, Args, ChildGuard, DefaultPaths,
+    TempDir, Watchdog, SERVER_READY,
+};
+use ringbase_benches::stats::{us, Summary};
+use ringbase_client::{Client, ConnectOptions, Request, Response, ValueKind, VectorSearch};
+use ringbase_server::vectors::{Graph, VectorConfig};
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const USAGE: &str = "\
+usage: vectors [--quick] [--n N] [--queries Q] [--dims D,D] [--server PATH] [--json PATH]
+               [--python PATH]
+
+  --quick        10k vectors, 200 queries (smoke run)
+  --n N          base vectors per data set [default: 100000]
+  --queries Q    held-out queries [default: 1000]
+  --dims D,D     dimensions [default: 128,384]
+  --server PATH  the ringbase binary [default: ringbase next to this binary]
+  --json PATH    where to write the results [default: target/bench-vectors.json]
+  --python PATH  Python with numpy and hnswlib [default: python3]";
+
+const SERVER_NAME: &str = "bench-vectors";
+/// Neighbours asked for.
+const K: usize = 10;
+/// Search breadths measured.
+const EFS: [usize; 5] = [16, 32, 64, 128, 256];
+/// Mixture components.
+const CENTRES: usize = 1000;
+/// Pipelining window of the load.
+const WINDOW: usize = 64;
+/// Prefix groups: (prefix, one vector in this many is in the group, offset).
+const GROUPS: [(&str, usize, usize); 4] =
+    [("a/", 1000, 0), ("b/", 100, 1), ("c/", 20, 2), ("d/", 4, 3)];
+/// Queries per prefix group.
+const GROUP_QUERIES: usize = 200;
+/// The hnswlib driver, embedded.
+const HNSWLIB_PY: &str = include_str!("../../python/hnswlib_bench.py");
+/// Goal: recall@10 at the server's default ef.
+const GOAL_RECALL: f64 = 0.95;
+/// Goal: queries/s at least this fraction of hnswlib's at equal recall.
+const GOAL_QPS_RATIO: f64 = 0.7;
+/// Goal: a search through the client within this factor of the same search in process.
+const GOAL_SHM_OVERHEAD: f64 = 1.10;
+
+#[derive(Debug, Clone)]
+struct Config {
+    n: usize,
+    queries: usize,
+    dims: Vec<usize>,
+    server: PathBuf,
+    json: PathBuf,
+    python: String,
+    quick: bool,
+}
+
+fn parse_args(
+    args: impl IntoIterator<Item = String>,
+) -> std::result::Result<Option<Config>, String> {
+    let defaults = DefaultPaths::new("bench-vectors.json");
+    let mut args = Args::new(args);
+    let mut cfg = Config {
+        n: 0,
+        queries: 0,
+        dims: vec![128, 384],
+        server: defaults.server,
+        json: defaults.json,
+        python: "python3".into(),
+        quick: false,
+    };
+    while let Some(a) = args.next_flag() {
+        match a.as_str() {
+            "--quick" => cfg.quick = true,
+            "--n" => cfg.n = args.at_least_one("--n")?,
+            "--queries" => cfg.queries = args.at_least_one("--queries")?,
+            "--dims" => {
+                cfg.dims = args
+                    .value("--dims")?
+                    .split(',')
+                    .map(|d| {
+                        d.trim()
+                            .parse::<usize>()
+                            .map_err(|e| format!("--dims: {e}"))
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+                if cfg.dims.iter().any(|&d| d == 0 || d > 4096) {
+                    return Err("--dims: each dimension must be 1 to 4096".into());
+                }
+            }
+            "--server" => cfg.server = args.path("--server")?,
+            "--json" => cfg.json = args.path("--json")?,
+            "--python" => cfg.python = args.value("--python")?,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if cfg.n == 0 {
+        cfg.n = if cfg.quick { 10_000 } else { 100_000 };
+    }
+    if cfg.queries == 0 {
+        cfg.queries = if cfg.quick { 200 } else { 1000 };
+    }
+    Ok(Some(cfg))
+}
+
+fn main() -> ExitCode {
+    match parse_args(std::env::args().skip(1)) {
+        Ok(None) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(cfg)) => exit_code("vectors", run(&cfg)),
+        Err(msg) => usage_error("vectors", &msg, USAGE),
+    }
+}
+
+/// A standard normal sample (Box-Muller).
+fn gaussian(rng: &mut StdRng) -> f32 {
+    let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.gen();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    for x in v {
+        *x = (f64::from(*x) / n) as f32;
+    }
+}
+
+/// `n` base and `q` query vectors of `dim` dimensions, row-major, normalised.
+fn dataset(n: usize, q: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centres: Vec<f32> = (0..CENTRES * dim).map(|_| gaussian(&mut rng)).collect();
+    let point = |rng: &mut StdRng| {
+        let c = rng.gen_range(0..CENTRES);
+        let mut v: Vec<f32> = (0..dim)
+            .map(|j| centres[c * dim + j] + gaussian(rng))
+            .collect();
+        normalize(&mut v);
+        v
+    };
+    let base = (0..n).flat_map(|_| point(&mut rng)).collect();
+    let queries = (0..q).flat_map(|_| point(&mut rng)).collect();
+    (base, queries)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    ringbase_server::vectors::dot(a, b)
+}
+
+/// The key of base vector `i`: its prefix group, then its number.
+fn key_of(i: usize) -> String {
+    let group = GROUPS
+        .iter()
+        .find(|(_, every, offset)| i % every == *offset)
+        .map_or("z/", |g| g.0);
+    format!("{group}{i:08}")
+}
+
+/// The id in a key made by [`key_of`].
+fn id_of(key: &str) -> std::result::Result<u32, String> {
+    key.get(2..)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("unexpected key {key:?}"))
+}
+
+/// The exact top-`K` ids among `members` for each query.
+fn ground_truth_among(base: &[f32], members: &[u32], queries: &[f32], dim: usize) -> Vec<Vec<u32>> {
+    queries
+        .chunks_exact(dim)
+        .map(|q| exact_scan(base, members, q, dim))
+        .collect()
+}
+
+/// The exact top-`K` ids among `members` for one query: a scan of their vectors.
+fn exact_scan(base: &[f32], members: &[u32], q: &[f32], dim: usize) -> Vec<u32> {
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(K + 1);
+    for &id in members {
+        let i = id as usize;
+        let s = dot(q, &base[i * dim..(i + 1) * dim]);
+        if best.len() < K || s > best[best.len() - 1].0 {
+            let at = best.partition_point(|e| e.0 >= s);
+            best.insert(at, (s, id));
+            best.truncate(K);
+        }
+    }
+    best.into_iter().map(|e| e.1).collect()
+}
+
+/// Recall of `found` against per-query truths.
+fn recall_vs(found: &[Vec<u32>], truth: &[Vec<u32>]) -> f64 {
+    let mut hits = 0usize;
+    let mut want = 0usize;
+    for (f, t) in found.iter().zip(truth) {
+        hits += f.iter().filter(|id| t.contains(id)).count();
+        want += t.len().min(K);
+    }
+    hits as f64 / want.max(1) as f64
+}
+
+/// Prefix-filtered search at one group.
+#[derive(Debug, Clone)]
+struct PrefixRow {
+    prefix: &'static str,
+    members: usize,
+    server: (Summary, f64),
+    graph: (Summary, f64),
+    scan: Summary,
+}
+
+/// The exact top-`K` ids of each query, best first (two threads).
+fn ground_truth(base: &[f32], queries: &[f32], dim: usize) -> Vec<u32> {
+    let q = queries.len() / dim;
+    let mut out = vec![0u32; q * K];
+    let half = q.div_ceil(2);
+    std::thread::scope(|s| {
+        for (part, chunk) in out.chunks_mut(half * K).enumerate() {
+            s.spawn(move || {
+                for (i, row) in chunk.chunks_mut(K).enumerate() {
+                    let qi = part * half + i;
+                    let qv = &queries[qi * dim..(qi + 1) * dim];
+                    let mut best: Vec<(f32, u32)> = Vec::with_capacity(K + 1);
+                    for (id, b) in base.chunks_exact(dim).enumerate() {
+                        let s = dot(qv, b);
+                        if best.len() < K || s > best[K - 1].0 {
+                            let at = best.partition_point(|e| e.0 >= s);
+                            best.insert(at, (s, id as u32));
+                            best.truncate(K);
+                        }
+                    }
+                    for (slot, (_, id)) in row.iter_mut().zip(best) {
+                        *slot = id;
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+/// Mean fraction of each query's true top-`K` found.
+fn recall(found: &[Vec<u32>], gt: &[u32]) -> f64 {
+    let mut hits = 0usize;
+    for (i, f) in found.iter().enumerate() {
+        let truth = &gt[i * K..(i + 1) * K];
+        hits += f.iter().filter(|id| truth.contains(id)).count();
+    }
+    hits as f64 / (found.len() * K) as f64
+}
+
+/// One system at one ef.
+#[derive(Debug, Clone)]
+struct Point {
+    ef: usize,
+    recall: f64,
+    qps: f64,
+    /// Per-search latency, where each search was timed.
+    latency: Option<Summary>,
+}
+
+/// One system on one data set.
+#[derive(Debug, Clone)]
+struct SystemRun {
+    name: &'static str,
+    build_s: f64,
+    memory_mib: Option<f64>,
+    points: Vec<Point>,
+    note: Option<String>,
+}
+
+fn write_f32(path: &Path, v: &[f32]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for x in v {
+        f.write_all(&x.to_le_bytes())?;
+    }
+    Ok(f.flush()?)
+}
+
+fn write_u32(path: &Path, v: &[u32]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for x in v {
+        f.write_all(&x.to_le_bytes())?;
+    }
+    Ok(f.flush()?)
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    proc_memory(pid).map(|m| m.rss_kib as f64 / 1024.0)
+}
+
+/// The same graph code as the server, in this process; the graph is kept for the prefix
+/// searches.
+fn in_process(base: &[f32], queries: &[f32], dim: usize, gt: &[u32]) -> (SystemRun, Graph) {
+    let params = VectorConfig::default().graph;
+    let before = rss_mib(std::process::id());
+    let graph = Graph::new(params, dim, base.len() / dim);
+    let t = Instant::now();
+    for (i, v) in base.chunks_exact(dim).enumerate() {
+        graph.insert(Arc::from(key_of(i)), v);
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let memory_mib = rss_mib(std::process::id()).zip(before).map(|(a, b)| a - b);
+    let points = EFS
+        .iter()
+        .map(|&ef| {
+            let mut samples = Vec::new();
+            let t = Instant::now();
+            let found: Vec<Vec<u32>> = queries
+                .chunks_exact(dim)
+                .map(|q| {
+                    let t = Instant::now();
+                    let r = graph.search(q, K, ef, "");
+                    samples.push(t.elapsed().as_nanos() as u64);
+                    r.into_iter().map(|(id, _, _)| id).collect()
+                })
+                .collect();
+            let secs = t.elapsed().as_secs_f64();
+            Point {
+                ef,
+                recall: recall(&found, gt),
+                qps: found.len() as f64 / secs,
+                latency: Summary::from_samples(&mut samples),
+            }
+        })
+        .collect();
+    let run = SystemRun {
+        name: "in-process (hnsw_rs)",
+        build_s,
+        memory_mib,
+        points,
+        note: Some(format!(
+            "M={} ef_construction={}",
+            params.m, params.ef_construction
+        )),
+    };
+    (run, graph)
+}
+
+/// Searches under each group's prefix: through the server (`c`), and in process with
+/// the filtered graph and with an exact scan of the group's vectors.
+fn prefix_rows(
+    c: &mut Client,
+    graph: &Graph,
+    base: &[f32],
+    queries: &[f32],
+    dim: usize,
+) -> Result<Vec<PrefixRow>> {
+    let n = base.len() / dim;
+    let ef = VectorConfig::default().ef_search;
+    let qs = &queries[..GROUP_QUERIES.min(queries.len() / dim) * dim];
+    let mut rows = Vec::new();
+    for (prefix, every, offset) in GROUPS {
+        let members: Vec<u32> = (0..n)
+            .filter(|i| i % every == offset)
+            .map(|i| i as u32)
+            .collect();
+        let truth = ground_truth_among(base, &members, qs, dim);
+        let timed =
+            |f: &mut dyn FnMut(&[f32]) -> Result<Vec<u32>>| -> Result<(Summary, Vec<Vec<u32>>)> {
+                let mut samples = Vec::new();
+                let mut found = Vec::new();
+                for q in qs.chunks_exact(dim) {
+                    let t = Instant::now();
+                    found.push(f(q)?);
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
+                Ok((
+                    Summary::from_samples(&mut samples).ok_or("no samples")?,
+                    found,
+                ))
+            };
+        let opts = VectorSearch::k(K as u32).prefix(prefix);
+        let (s_lat, s_found) = timed(&mut |q| {
+            c.vector_search_with(q, &opts)?
+                .iter()
+                .map(|h| id_of(&h.key).map_err(Into::into))
+                .collect()
+        })?;
+        let (g_lat, g_found) = timed(&mut |q| {
+            graph
+                .search(q, K, ef, prefix)
+                .into_iter()
+                .map(|(_, key, _)| id_of(&key).map_err(Into::into))
+                .collect()
+        })?;
+        let (x_lat, _) = timed(&mut |q| Ok(exact_scan(base, &members, q, dim)))?;
+        rows.push(PrefixRow {
+            prefix,
+            members: members.len(),
+            server: (s_lat, recall_vs(&s_found, &truth)),
+            graph: (g_lat, recall_vs(&g_found, &truth)),
+            scan: x_lat,
+        });
+    }
+    Ok(rows)
+}
+
+/// Through a real server and the shared-memory client.
+fn through_server(
+    cfg: &Config,
+    wd: &Watchdog,
+    tmp: &Path,
+    base: &[f32],
+    queries: &[f32],
+    dim: usize,
+    gt: &[u32],
+) -> Result<(SystemRun, Client, ChildGuard)> {
+    let runtime = tmp.join(format!("run-{dim}"));
+    let (server, _) = ChildGuard::spawn_ready(
+        "ringbase",
+        Command::new(&cfg.server)
+            .args(["serve", "--name", SERVER_NAME, "--data-dir"])
+            .arg(tmp.join(format!("data-{dim}")))
+            .env("RINGBASE_RUNTIME_DIR", &runtime),
+        SERVER_READY,
+        Duration::from_secs(10),
+    )?;
+    let mut c = Client::connect_with(ConnectOptions::new(SERVER_NAME).runtime_dir(&runtime))?;
+    let before = rss_mib(server.pid());
+    wd.arm(
+        format!("loading {} vectors of {dim}", base.len() / dim),
+        Duration::from_secs(1800),
+    );
+    let t = Instant::now();
+    let mut sent = 0;
+    let n = base.len() / dim;
+    while sent < n {
+        let w = WINDOW.min(n - sent);
+        for i in sent..sent + w {
+            c.send(&Request::PutVector {
+                key: key_of(i),
+                value: Vec::new(),
+                kind: ValueKind::Bytes,
+                vector: base[i * dim..(i + 1) * dim].to_vec(),
+            })?;
+        }
+        for _ in 0..w {
+            match c.recv()?.1 {
+                Response::Written(_) => {}
+                other => return Err(format!("put failed: {other:?}").into()),
+            }
+        }
+        sent += w;
+    }
+    let load_s = t.elapsed().as_secs_f64();
+    loop {
+        let v = c.status()?.vectors;
+        if v.pending == 0 && v.vectors == n as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let memory_mib = rss_mib(server.pid()).zip(before).map(|(a, b)| a - b);
+    wd.arm(format!("searching {dim}"), Duration::from_secs(1800));
+    let mut points = Vec::new();
+    for &ef in &EFS {
+        let opts = VectorSearch::k(K as u32).ef(ef as u32);
+        let mut samples = Vec::new();
+        let mut found = Vec::new();
+        let t = Instant::now();
+        for q in queries.chunks_exact(dim) {
+            let t = Instant::now();
+            let hits = c.vector_search_with(q, &opts)?;
+            samples.push(t.elapsed().as_nanos() as u64);
+            found.push(
+                hits.iter()
+                    .map(|h| id_of(&h.key))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            );
+        }
+        let secs = t.elapsed().as_secs_f64();
+        points.push(Point {
+            ef,
+            recall: recall(&found, gt),
+            qps: found.len() as f64 / secs,
+            latency: Summary::from_samples(&mut samples),
+        });
+    }
+    wd.disarm();
+    let run = SystemRun {
+        name: "ringbase (shm client)",
+        build_s,
+        memory_mib,
+        points,
+        note: Some(format!(
+            "loaded in {load_s:.1} s (pipelined puts, window {WINDOW}); indexed {:.1} s after the first put",
+            build_s
+        )),
+    };
+    Ok((run, c, server))
+}
+
+/// hnswlib through its Python package, on the files in `dir`.
+fn hnswlib(cfg: &Config, dir: &Path, dim: usize) -> SystemRun {
+    let params = VectorConfig::default().graph;
+    let script = dir.join("hnswlib_bench.py");
+    let skipped = |why: String| SystemRun {
+        name: "hnswlib (Python)",
+        build_s: f64::NAN,
+        memory_mib: None,
+        points: Vec::new(),
+        note: Some(why),
+    };
+    if let Err(e) = std::fs::write(&script, HNSWLIB_PY) {
+        return skipped(format!("skipped: writing the script: {e}"));
+    }
+    let efs: Vec<String> = EFS.iter().map(|e| e.to_string()).collect();
+    let out = Command::new(&cfg.python)
+        .arg(&script)
+        .arg(dir)
+        .args([
+            dim.to_string(),
+            params.m.to_string(),
+            params.ef_construction.to_string(),
+            efs.join(","),
+            K.to_string(),
+        ])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            return skipped(format!(
+                "skipped: {} failed: {}",
+                cfg.python,
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ))
+        }
+        Err(e) => return skipped(format!("skipped: cannot run {}: {e}", cfg.python)),
+    };
+    let v: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return skipped(format!("skipped: bad output from the script: {e}")),
+    };
+    let points = v["results"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| Point {
+                    ef: p["ef"].as_u64().unwrap_or(0) as usize,
+                    recall: p["recall"].as_f64().unwrap_or(f64::NAN),
+                    qps: p["qps"].as_f64().unwrap_or(f64::NAN),
+                    latency: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    SystemRun {
+        name: "hnswlib (Python)",
+        build_s: v["build_s"].as_f64().unwrap_or(f64::NAN),
+        memory_mib: v["peak_rss_growth_mib"].as_f64(),
+        points,
+        note: Some(format!("hnswlib {}", v["version"].as_str().unwrap_or("?"))),
+    }
+}
+
+/// The queries/s of `run` at recall `r`, interpolated between its ef points (the
+/// fastest point reaching `r` if it is not bracketed); `None` if it never reaches it.
+fn qps_at_recall(run: &SystemRun, r: f64) -> Option<f64> {
+    let pts = &run.points;
+    for w in pts.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.recall >= r {
+            return Some(a.qps);
+        }
+        if b.recall >= r {
+            let f = (r - a.recall) / (b.recall - a.recall).max(1e-12);
+            return Some(a.qps + f * (b.qps - a.qps));
+        }
+    }
+    pts.iter().find(|p| p.recall >= r).map(|p| p.qps)
+}
+
+fn run(cfg: &Config) -> Result<()> {
+    check_server(&cfg.server)?;
+    let wd = Watchdog::start()?;
+    let tmp = TempDir::new("ringbase-bench-vectors")?;
+    let default_ef = VectorConfig::default().ef_search;
+    let mut report = Vec::new();
+    let mut md = String::new();
+    let mut goals = Vec::new();
+    for &dim in &cfg.dims {
+        eprintln!("data set: {} x {dim}, {} queries", cfg.n, cfg.queries);
+        wd.arm(format!("ground truth {dim}"), Duration::from_secs(1800));
+        let (base, queries) = dataset(cfg.n, cfg.queries, dim, 0x5eed + dim as u64);
+        let t = Instant::now();
+        let gt = ground_truth(&base, &queries, dim);
+        eprintln!("  ground truth in {:.1} s", t.elapsed().as_secs_f64());
+        let dir = tmp.path().join(format!("data-set-{dim}"));
+        std::fs::create_dir_all(&dir)?;
+        write_f32(&dir.join("base.f32"), &base)?;
+        write_f32(&dir.join("queries.f32"), &queries)?;
+        write_u32(&dir.join("gt.u32"), &gt)?;
+        wd.arm(format!("ringbase {dim}"), Duration::from_secs(3600));
+        let (server, mut client, server_proc) =
+            through_server(cfg, &wd, tmp.path(), &base, &queries, dim, &gt)?;
+        eprintln!("  ringbase: built in {:.1} s", server.build_s);
+        wd.arm(format!("in-process {dim}"), Duration::from_secs(3600));
+        let (local, graph) = in_process(&base, &queries, dim, &gt);
+        eprintln!("  in-process: built in {:.1} s", local.build_s);
+        wd.arm(format!("prefixes {dim}"), Duration::from_secs(1800));
+        let prefixes = prefix_rows(&mut client, &graph, &base, &queries, dim)?;
+        drop((client, server_proc, graph));
+        wd.arm(format!("hnswlib {dim}"), Duration::from_secs(3600));
+        let py = hnswlib(cfg, &dir, dim);
+        eprintln!("  hnswlib: {}", py.note.as_deref().unwrap_or(""));
+        wd.disarm();
+        let runs = [server, local, py];
+
+        md += &format!(
+            "\n### {} x {dim} (1,000 centres), {} queries, recall@{K}, one thread\n\n",
+            cfg.n, cfg.queries
+        );
+        md += "| system | build s | memory MiB | ef | recall@10 | queries/s | p50 µs |\n";
+        md += "|---|---:|---:|---:|---:|---:|---:|\n";
+        for r in &runs {
+            for p in &r.points {
+                md += &format!(
+                    "| {} | {:.1} | {} | {} | {:.4} | {:.0} | {} |\n",
+                    r.name,
+                    r.build_s,
+                    r.memory_mib.map_or("—".into(), |m| format!("{m:.0}")),
+                    p.ef,
+                    p.recall,
+                    p.qps,
+                    p.latency.map_or("—".into(), |l| us(l.p50_ns)),
+                );
+            }
+            if let Some(n) = &r.note {
+                md += &format!("| {} | {n} | | | | | |\n", r.name);
+            }
+        }
+        md += &format!(
+            "\nPrefix filters ({dim}): p50 µs and recall@10 against the exact top-10 under the prefix, \
+             {GROUP_QUERIES} queries, ef {default_ef}\n\n"
+        );
+        md += "| prefix holds | vectors | ringbase (server picks) | in-process filtered graph | in-process exact scan (memory) |\n";
+        md += "|---|---:|---:|---:|---:|\n";
+        for p in &prefixes {
+            md += &format!(
+                "| {:.1}% | {} | {} µs, {:.3} | {} µs, {:.3} | {} µs |\n",
+                100.0 * p.members as f64 / cfg.n as f64,
+                p.members,
+                us(p.server.0.p50_ns),
+                p.server.1,
+                us(p.graph.0.p50_ns),
+                p.graph.1,
+                us(p.scan.p50_ns),
+            );
+        }
+        let at = |r: &SystemRun| r.points.iter().find(|p| p.ef == default_ef).cloned();
+        if let Some(p) = at(&runs[0]) {
+            goals.push(json!({
+                "goal": format!("{dim}: ringbase recall@10 at the default ef {default_ef} ≥ {GOAL_RECALL}"),
+                "value": p.recall, "pass": p.recall >= GOAL_RECALL,
+            }));
+            if let Some(py_qps) = qps_at_recall(&runs[2], p.recall) {
+                let ratio = p.qps / py_qps;
+                goals.push(json!({
+                    "goal": format!("{dim}: ringbase queries/s ≥ {GOAL_QPS_RATIO}× hnswlib's at recall {:.4}", p.recall),
+                    "value": ratio, "pass": ratio >= GOAL_QPS_RATIO,
+                }));
+            }
+            if let (Some(s), Some(l)) = (p.latency, at(&runs[1]).and_then(|p| p.latency)) {
+                let ratio = s.p50_ns as f64 / l.p50_ns.max(1) as f64;
+                goals.push(json!({
+                    "goal": format!("{dim}: search p50 through the client ≤ {GOAL_SHM_OVERHEAD}× in process (ef {default_ef})"),
+                    "value": ratio, "pass": ratio <= GOAL_SHM_OVERHEAD,
+                }));
+            }
+        }
+        report.push(json!({
+            "dim": dim, "n": cfg.n, "queries": cfg.queries,
+            "prefixes": prefixes.iter().map(|p| json!({
+                "prefix": p.prefix, "vectors": p.members,
+                "server": { "latency": p.server.0.to_json(), "recall": p.server.1 },
+                "graph": { "latency": p.graph.0.to_json(), "recall": p.graph.1 },
+                "exact_scan_memory": p.scan.to_json(),
+            })).collect::<Vec<_>>(),
+            "systems": runs.iter().map(|r| json!({
+                "name": r.name, "build_s": r.build_s, "memory_mib": r.memory_mib, "note": r.note,
+                "points": r.points.iter().map(|p| json!({
+                    "ef": p.ef, "recall": p.recall, "qps": p.qps,
+                    "latency": p.latency.map(|l| l.to_json()),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!("{md}");
+    println!("Goals:");
+    for g in &goals {
+        println!(
+            "- [{}] {}: {:.3}",
+            if g["pass"].as_bool() == Some(true) {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            g["goal"].as_str().unwrap_or(""),
+            g["value"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    write_json(
+        &cfg.json,
+        &json!({ "bench": "vectors", "quick": cfg.quick, "k": K, "efs": EFS,
+                 "default_ef": default_ef, "data_sets": report, "goals": goals }),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ground_truth_is_exact_and_recall_counts() {
+        let (base, queries) = dataset(500, 7, 8, 1);
+        let gt = ground_truth(&base, &queries, 8);
+        for (qi, q) in queries.chunks_exact(8).enumerate() {
+            let mut all: Vec<(f32, u32)> = base
+                .chunks_exact(8)
+                .enumerate()
+                .map(|(i, b)| (dot(q, b), i as u32))
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let want: Vec<u32> = all[..K].iter().map(|e| e.1).collect();
+            assert_eq!(&gt[qi * K..(qi + 1) * K], want.as_slice());
+        }
+        let found: Vec<Vec<u32>> = (0..7).map(|i| gt[i * K..i * K + 5].to_vec()).collect();
+        assert_eq!(recall(&found, &gt), 0.5);
+    }
+
+    #[test]
+    fn interpolates_qps_at_a_recall() {
+        let run = SystemRun {
+            name: "x",
+            build_s: 0.0,
+            memory_mib: None,
+            note: None,
+            points: vec![
+                Point {
+                    ef: 16,
+                    recall: 0.8,
+                    qps: 1000.0,
+                    latency: None,
+                },
+                Point {
+                    ef: 32,
+                    recall: 0.9,
+                    qps: 600.0,
+                    latency: None,
+                },
+            ],
+        };
+        let mid = qps_at_recall(&run, 0.85).unwrap();
+        assert!((mid - 800.0).abs() < 1e-6, "{mid}");
+        assert_eq!(qps_at_recall(&run, 0.7), Some(1000.0));
+        assert_eq!(qps_at_recall(&run, 0.95), None);
+    }
+}
