@@ -8,6 +8,7 @@ DIR holds base.f32 and queries.f32 (little-endian float32, row-major, DIM column
 gt.u32 (the exact top-K ids of each query, uint32).
 """
 
+import importlib.metadata
 import json
 import resource
 import sys
@@ -48,7 +49,7 @@ def main():
     print(
         json.dumps(
             {
-                "version": getattr(hnswlib, "__version__", "?"),
+                "version": importlib.metadata.version("hnswlib"),
                 "build_s": build_s,
                 "peak_rss_growth_mib": (rss1 - rss0) / 1024.0,
                 "results": results,

@@ -513,12 +513,7 @@ fn uds_server(path: &Path, cpu: Option<usize>) -> io::Result<()> {
     let listener = UnixListener::bind(path)?;
     println!("{UDS_READY} on {}", path.display());
     io::stdout().flush()?;
-    std::thread::Builder::new()
-        .name("stdin-eof".into())
-        .spawn(|| {
-            let _ = io::copy(&mut io::stdin(), &mut io::sink());
-            std::process::exit(0);
-        })?;
+    exit_when_stdin_closes()?;
     for conn in listener.incoming() {
         let conn = conn?;
         std::thread::Builder::new()
@@ -841,13 +836,20 @@ fn futex_peer(path: &Path) -> io::Result<()> {
     let words = Words::map(path, false)?;
     println!("{FUTEX_READY}");
     io::stdout().flush()?;
+    exit_when_stdin_closes()?;
+    words.serve()
+}
+
+/// Starts a thread that ends this process when its stdin closes: a child of the bench
+/// learns so of the bench's end, even if the bench was killed.
+fn exit_when_stdin_closes() -> io::Result<()> {
     std::thread::Builder::new()
         .name("stdin-eof".into())
         .spawn(|| {
             let _ = io::copy(&mut io::stdin(), &mut io::sink());
             std::process::exit(0);
         })?;
-    words.serve()
+    Ok(())
 }
 
 /// Measures the UDS baseline: unpinned, both ends on the first CPU, and (with two CPUs

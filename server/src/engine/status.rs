@@ -1,6 +1,6 @@
 //! Status: what the server is and holds.
 
-use ringbase_protocol::message::{Response, StatusInfo, VectorStatus};
+use ringbase_protocol::message::{Response, StatusInfo};
 
 use super::{ClientState, Engine};
 use crate::store::StoreError;
@@ -9,7 +9,6 @@ use crate::store::StoreError;
 pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, StoreError> {
     let store = &engine.store;
     let stats = store.stats();
-    let v = engine.vectors.status();
     Ok(Response::Status(StatusInfo {
         records: c.reader.count(None)?,
         sessions: c.transport.session_count() as u32,
@@ -24,14 +23,6 @@ pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, S
         write_jobs: stats.jobs,
         indexes: c.reader.indexes()?,
         fulltext: c.reader.fulltext_on()?,
-        vectors: VectorStatus {
-            dim: store.vector_dim() as u32,
-            vectors: v.vectors,
-            points: v.points,
-            dead: v.dead,
-            pending: v.pending,
-            rebuilds: v.rebuilds,
-            last_rebuild_ms: v.last_rebuild_ms,
-        },
+        vectors: engine.vectors.status(store.vector_dim()),
     }))
 }
