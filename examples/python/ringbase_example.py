@@ -45,6 +45,7 @@ class StatusInfo(ctypes.Structure):
         ("vector_pending", c_uint64),
         ("vector_rebuilds", c_uint64),
         ("vector_last_rebuild_ms", c_uint64),
+        ("vector_ready", c_int),
     ]
 
 

@@ -470,6 +470,11 @@ typedef struct ringbase_status_info {
    * When the last build finished, unix milliseconds (0: none yet).
    */
   uint64_t vector_last_rebuild_ms;
+  /**
+   * 1 if a complete graph serves vector searches; 0 while the first build after a
+   * start runs (searches then scan storage exactly).
+   */
+  int vector_ready;
 } ringbase_status_info;
 
 /**

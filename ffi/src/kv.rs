@@ -594,6 +594,9 @@ pub struct ringbase_status_info {
     pub vector_rebuilds: u64,
     /// When the last build finished, unix milliseconds (0: none yet).
     pub vector_last_rebuild_ms: u64,
+    /// 1 if a complete graph serves vector searches; 0 while the first build after a
+    /// start runs (searches then scan storage exactly).
+    pub vector_ready: c_int,
 }
 
 /// Fills `*info` with the server's status.
@@ -638,6 +641,7 @@ pub unsafe extern "C" fn ringbase_status(
             vector_pending: s.vectors.pending,
             vector_rebuilds: s.vectors.rebuilds,
             vector_last_rebuild_ms: s.vectors.last_rebuild_ms,
+            vector_ready: c_int::from(s.vectors.ready),
         })
     };
     // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's

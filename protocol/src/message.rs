@@ -355,6 +355,10 @@ pub struct VectorStatus {
     pub rebuilds: u64,
     /// When the last rebuild finished, unix milliseconds (0: none yet).
     pub last_rebuild_ms: u64,
+    /// Whether a complete graph serves searches: false while the first build after a
+    /// start runs (searches then scan storage exactly); true at once when the graph
+    /// saved at the last shutdown was loaded.
+    pub ready: bool,
 }
 
 /// A stored record as returned by reads.

@@ -362,6 +362,7 @@ pub fn status(name: &str) -> ExitCode {
                     "pending": s.vectors.pending,
                     "rebuilds": s.vectors.rebuilds,
                     "last_rebuild_ms": s.vectors.last_rebuild_ms,
+                    "ready": s.vectors.ready,
                 },
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));

@@ -10,7 +10,9 @@
 use std::sync::{Arc, RwLock};
 
 use hnsw_rs::anndists::dist::distances::Distance;
+use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnswio::HnswIo;
 
 /// Layers of the graph (hnsw_rs's maximum; it needs at least one).
 const MAX_LAYERS: usize = 16;
@@ -169,6 +171,55 @@ impl Graph {
             keys: RwLock::new(Vec::with_capacity(capacity)),
             dim,
         }
+    }
+
+    /// hnsw_rs's dump of the graph into `dir` (which must not hold one yet): files
+    /// `BASENAME.hnsw.graph` and `BASENAME.hnsw.data`. No insert may run meanwhile.
+    pub fn dump(&self, dir: &std::path::Path, basename: &str) -> Result<(), String> {
+        if self.is_empty() {
+            return Err("the graph is empty".into());
+        }
+        let written = self
+            .hnsw
+            .file_dump(dir, basename)
+            .map_err(|e| e.to_string())?;
+        if written != basename {
+            return Err(format!("hnsw_rs wrote {written:?} instead of {basename:?}"));
+        }
+        Ok(())
+    }
+
+    /// A graph loaded from a dump made by [`Graph::dump`], with no keys yet (see
+    /// [`Graph::set_keys`]). The files must be exactly those the dump wrote: hnsw_rs's
+    /// loader does not survive damaged input (the caller checks them first).
+    pub fn load(dir: &std::path::Path, basename: &str, dim: usize) -> Result<Graph, String> {
+        // hnsw_rs ties the graph's lifetime to its loader; the loader is small and a
+        // graph is loaded once per start, so it lives for the rest of the process.
+        let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(dir, basename)));
+        let hnsw: Hnsw<'static, f32, UnitCosine> = io
+            .load_hnsw_with_dist(UnitCosine)
+            .map_err(|e| e.to_string())?;
+        Ok(Graph {
+            hnsw,
+            keys: RwLock::new(Vec::new()),
+            dim,
+        })
+    }
+
+    /// The key of each point, by id.
+    pub fn keys(&self) -> Vec<Arc<str>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the key of each point of a loaded graph, by id.
+    pub fn set_keys(&self, keys: Vec<Arc<str>>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// Points in the graph (live or not). A loaded graph counts its points before its
+    /// keys are set.
+    pub fn points(&self) -> usize {
+        self.hnsw.get_nb_point()
     }
 
     /// Points in the graph (live or not).

@@ -29,6 +29,15 @@
 //! a rebuild from an empty graph; until it is swapped in, searches scan storage exactly
 //! (correct, slower).
 //!
+//! # Saved graphs
+//!
+//! At shutdown (and every [`SAVE_EVERY`] while it changes) the index thread saves the
+//! graph with the change sequence number it reflects ([`persist`]); the next start loads
+//! it if storage has not changed since and the files are intact, else rebuilds.
+//! `applied` is that number: every commit hook raises it, after applying the commit
+//! under the state lock when the commit touches vectors, so a save that reads it under
+//! the lock saves a state that includes every change up to it.
+//!
 //! # Search
 //!
 //! With a key prefix that few vectors match, an exact scan of those vectors in storage
@@ -39,9 +48,11 @@
 //! [`VectorConfig::exact_max`].
 
 mod graph;
+mod persist;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,6 +94,12 @@ impl Default for VectorConfig {
         }
     }
 }
+
+/// How often the index thread saves a changed graph.
+pub const SAVE_EVERY: Duration = Duration::from_secs(600);
+/// At shutdown, insert at most this many pending vectors to save the graph (more: the
+/// next start rebuilds instead of delaying this shutdown).
+const SHUTDOWN_INSERT_MAX: usize = 2000;
 
 /// One search result: key, score (`max(0, cosine similarity)`).
 pub type Hit = (String, f32);
@@ -139,6 +156,12 @@ pub struct VectorIndex {
     stop: AtomicBool,
     /// Set once any vector was seen: until then a commit costs the hook nothing.
     any: AtomicBool,
+    /// The change sequence number the state reflects (see "Saved graphs").
+    applied: AtomicU64,
+    /// The number of the last save (0: none).
+    saved: AtomicU64,
+    /// Where the graph is saved (set by `start`).
+    data_dir: Mutex<Option<PathBuf>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -168,6 +191,9 @@ impl VectorIndex {
             signal: Signal::default(),
             stop: AtomicBool::new(false),
             any: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            saved: AtomicU64::new(0),
+            data_dir: Mutex::new(None),
             thread: Mutex::new(None),
         })
     }
@@ -179,26 +205,93 @@ impl VectorIndex {
 
     /// Starts the index thread: it builds the graph from `store`'s vectors, then keeps
     /// it up to date. `store` must be the store this index is a hook of.
+    ///
+    /// A graph saved at the last shutdown is loaded first (here, before any client can
+    /// write) if storage has not changed since and its files are intact.
     pub fn start(self: &Arc<Self>, store: Arc<Store>) -> Result<(), StoreError> {
+        let seq = store.last_change_seq();
+        self.applied.store(seq, Ordering::Release);
+        *self.data_dir.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(store.data_dir().to_path_buf());
+        let mut built = false;
         if store.vector_dim() > 0 {
             self.any.store(true, Ordering::Release);
+            let t = Instant::now();
+            match persist::load(store.data_dir(), store.vector_dim(), self.config.graph, seq) {
+                Ok(Some((graph, saved))) => {
+                    let points = graph.points();
+                    let mut st = self.write();
+                    st.graph = Arc::new(graph);
+                    st.live = saved.live;
+                    st.dead = saved.dead;
+                    st.ready = true;
+                    drop(st);
+                    self.saved.store(seq, Ordering::Release);
+                    built = true;
+                    eprintln!(
+                        "ringbase: vector index loaded: {points} points in {:.1} s",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("ringbase: not using the saved vector index ({e}); rebuilding it")
+                }
+            }
         }
         let me = Arc::clone(self);
         let handle = std::thread::Builder::new()
             .name("ringbase-vectors".into())
-            .spawn(move || me.run(&store))
+            .spawn(move || me.run(&store, built))
             .map_err(StoreError::from)?;
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
     }
 
-    /// Stops the index thread (an unfinished build is abandoned).
+    /// Stops the index thread (an unfinished build is abandoned) and saves the graph
+    /// if it is complete (a few pending vectors are inserted first).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.signal.notify();
-        if let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = h.join();
+        let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let _ = h.join();
+        // The index thread is gone: this is now the only inserter.
+        if self.read().pending.len() <= SHUTDOWN_INSERT_MAX {
+            self.insert_pending(SHUTDOWN_INSERT_MAX);
         }
+        match self.save() {
+            Ok(true) => eprintln!("ringbase: vector index saved"),
+            Ok(false) => {}
+            Err(e) => eprintln!("ringbase: saving the vector index failed: {e}"),
+        }
+    }
+
+    /// Saves the graph if it is complete and changed since the last save; only the
+    /// inserter may call it (no insert may run during the dump). `Ok(false)`: nothing
+    /// to save (or not now: a build runs, vectors are pending).
+    fn save(&self) -> Result<bool, String> {
+        let Some(dir) = self
+            .data_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(false);
+        };
+        let (graph, live, seq) = {
+            let st = self.read();
+            let seq = self.applied.load(Ordering::Acquire);
+            let complete = st.ready && st.journal.is_none() && st.pending.is_empty();
+            if !complete || st.graph.is_empty() || seq == self.saved.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            (Arc::clone(&st.graph), st.live.clone(), seq)
+        };
+        persist::save(&dir, &graph, self.config.graph, &live, seq).map_err(|e| e.to_string())?;
+        self.saved.store(seq, Ordering::Release);
+        Ok(true)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -213,6 +306,7 @@ impl VectorIndex {
     pub fn status(&self, dim: usize) -> VectorStatus {
         let st = self.read();
         VectorStatus {
+            ready: st.ready,
             dim: dim as u32,
             vectors: (st.live.len() + st.pending.len()) as u64,
             points: st.graph.len() as u64,
@@ -311,8 +405,8 @@ impl VectorIndex {
 
     /// The index thread: build, then insert pending vectors and rebuild when dead
     /// points pile up, until stopped.
-    fn run(&self, store: &Store) {
-        let mut built = false;
+    fn run(&self, store: &Store, mut built: bool) {
+        let mut last_save = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let (pending, need_rebuild) = {
                 let st = self.read();
@@ -340,6 +434,12 @@ impl VectorIndex {
                     }
                 }
                 continue;
+            }
+            if last_save.elapsed() >= SAVE_EVERY {
+                last_save = Instant::now();
+                if let Err(e) = self.save() {
+                    eprintln!("ringbase: saving the vector index failed: {e}");
+                }
             }
             self.signal.wait(Duration::from_millis(500));
         }
@@ -479,8 +579,12 @@ impl VectorIndex {
 
 impl CommitHook for VectorIndex {
     fn committed(&self, commit: &Commit<'_>) {
+        let Some(last) = commit.changes().last().map(|c| c.seq) else {
+            return;
+        };
         let any_vector = commit.changes().any(|c| c.vector.is_some());
         if !any_vector && !self.any.load(Ordering::Acquire) {
+            self.applied.fetch_max(last, Ordering::AcqRel);
             return;
         }
         if !any_vector {
@@ -491,6 +595,7 @@ impl CommitHook for VectorIndex {
                 .changes()
                 .any(|c| st.live.contains_key(c.key) || st.pending.contains_key(c.key))
             {
+                self.applied.fetch_max(last, Ordering::AcqRel);
                 return;
             }
         }
@@ -511,6 +616,8 @@ impl CommitHook for VectorIndex {
                 j.insert(key);
             }
         }
+        // Under the lock: a save that reads it sees this commit applied.
+        self.applied.fetch_max(last, Ordering::AcqRel);
         drop(st);
         if woke {
             self.signal.notify();
