@@ -32,7 +32,7 @@
 //! # Saved graphs
 //!
 //! At shutdown (and every [`SAVE_EVERY`] while it changes) the index thread saves the
-//! graph with the change sequence number it reflects ([`persist`]); the next start loads
+//! graph with the change sequence number it reflects (`persist.rs`); the next start loads
 //! it if storage has not changed since and the files are intact, else rebuilds.
 //! `applied` is that number: every commit hook raises it, after applying the commit
 //! under the state lock when the commit touches vectors, so a save that reads it under
