@@ -18,7 +18,8 @@ const COLS: &str = "key, value, kind, hlc, replica, seq, updated_at";
 /// `Reader` is `Send` (move it to a session thread) but not `Sync`.
 #[derive(Debug)]
 pub struct Reader {
-    conn: Connection,
+    /// Also used by the vector reads (`vectors.rs`).
+    pub(super) conn: Connection,
     cache: Arc<ReadCache>,
 }
 
@@ -153,22 +154,6 @@ impl Reader {
             |r| r.get(0),
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Calls `f(key, vector)` for every stored vector whose key starts with `prefix`, in
-    /// key order, in one read transaction; stops when `f` returns false.
-    pub fn scan_vectors(
-        &mut self,
-        prefix: &str,
-        f: impl FnMut(&str, &[f32]) -> bool,
-    ) -> Result<(), StoreError> {
-        super::vectors::scan(&self.conn, prefix, f)
-    }
-
-    /// Number of stored vectors whose key starts with `prefix`, counting no further
-    /// than `limit`.
-    pub fn count_vectors(&mut self, prefix: &str, limit: u64) -> Result<u64, StoreError> {
-        super::vectors::count(&self.conn, prefix, limit)
     }
 
     /// Number of live records, all of them or those whose key starts with `prefix`.

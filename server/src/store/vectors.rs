@@ -9,7 +9,7 @@
 use rusqlite::Connection;
 
 use super::error::StoreError;
-use super::reader::prefix_successor;
+use super::reader::{prefix_successor, Reader};
 
 /// Largest dimension a vector may have.
 pub const MAX_VECTOR_DIM: usize = 4096;
@@ -122,6 +122,24 @@ pub fn count(conn: &Connection, prefix: &str, limit: u64) -> Result<u64, StoreEr
             .query_row(rusqlite::params![prefix, limit], |r| r.get(0))?,
     };
     Ok(n as u64)
+}
+
+impl Reader {
+    /// Calls `f(key, vector)` for every stored vector whose key starts with `prefix`, in
+    /// key order, in one read transaction; stops when `f` returns false.
+    pub fn scan_vectors(
+        &mut self,
+        prefix: &str,
+        f: impl FnMut(&str, &[f32]) -> bool,
+    ) -> Result<(), StoreError> {
+        scan(&self.conn, prefix, f)
+    }
+
+    /// Number of stored vectors whose key starts with `prefix`, counting no further
+    /// than `limit`.
+    pub fn count_vectors(&mut self, prefix: &str, limit: u64) -> Result<u64, StoreError> {
+        count(&self.conn, prefix, limit)
+    }
 }
 
 #[cfg(test)]
