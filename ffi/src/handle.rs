@@ -433,6 +433,14 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, name: &str) -> FResult<Option<&
         .map_err(|e| Failure::invalid(format!("{name} is not valid UTF-8: {e}")))
 }
 
+/// `b` with a NUL byte appended (not counted in the lengths handed to C), so text can
+/// also be used as a C string.
+pub(crate) fn nul_terminated(b: impl Into<Vec<u8>>) -> Vec<u8> {
+    let mut b = b.into();
+    b.push(0);
+    b
+}
+
 /// A value kind from C.
 pub(crate) fn value_kind(kind: c_int) -> FResult<ValueKind> {
     match kind {

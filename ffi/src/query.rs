@@ -7,7 +7,7 @@ use std::time::Duration;
 use ::ringbase_client::{QueryOptions, SqlValue};
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{bytes, enter, free_box, handle, out, ringbase_client, text};
+use crate::handle::{bytes, enter, free_box, handle, nul_terminated, out, ringbase_client, text};
 
 /// `ringbase_value.type`: SQL NULL.
 pub const RINGBASE_SQL_NULL: c_int = 0;
@@ -67,16 +67,12 @@ enum Cell {
 
 impl Cell {
     fn from_sql(v: SqlValue) -> Cell {
-        let nul = |mut b: Vec<u8>| {
-            b.push(0);
-            b
-        };
         match v {
             SqlValue::Null => Cell::Null,
             SqlValue::Integer(i) => Cell::Integer(i),
             SqlValue::Real(f) => Cell::Real(f),
-            SqlValue::Text(t) => Cell::Text(nul(t.into_bytes())),
-            SqlValue::Blob(b) => Cell::Blob(nul(b)),
+            SqlValue::Text(t) => Cell::Text(nul_terminated(t)),
+            SqlValue::Blob(b) => Cell::Blob(nul_terminated(b)),
         }
     }
 
@@ -211,15 +207,7 @@ pub unsafe extern "C" fn ringbase_query(
         };
         let result = st.settle()?.query_with(sql, &params, opts)?;
         *out = Box::into_raw(Box::new(ringbase_rows {
-            columns: result
-                .columns
-                .into_iter()
-                .map(|c| {
-                    let mut b = c.into_bytes();
-                    b.push(0);
-                    b
-                })
-                .collect(),
+            columns: result.columns.into_iter().map(nul_terminated).collect(),
             rows: result
                 .rows
                 .into_iter()

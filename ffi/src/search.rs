@@ -4,7 +4,9 @@ use std::ffi::{c_char, c_int};
 use std::ptr::null_mut;
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{enter, free_box, handle, out, out_opt, ringbase_client, text as text_arg};
+use crate::handle::{
+    enter, free_box, handle, nul_terminated as nul, out, out_opt, ringbase_client, text as text_arg,
+};
 
 /// The hits of a full-text search (opaque), made by `ringbase_search` and freed by
 /// `ringbase_hits_free`; owned by the caller.
@@ -16,12 +18,6 @@ pub struct ringbase_hits {
     hits: Vec<(Vec<u8>, f64, Vec<u8>)>,
     /// Hits handed out by `ringbase_hits_next` so far.
     next: usize,
-}
-
-fn nul(s: String) -> Vec<u8> {
-    let mut b = s.into_bytes();
-    b.push(0);
-    b
 }
 
 /// Full-text search on `c`'s server: the live JSON records whose string values (at

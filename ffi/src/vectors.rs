@@ -6,7 +6,9 @@ use std::ptr::{null, null_mut};
 use ::ringbase_client::VectorSearch;
 
 use crate::error::{Failure, RINGBASE_E_NOT_FOUND};
-use crate::handle::{enter, free_box, handle, kind_code, out, put_args, ringbase_client, text};
+use crate::handle::{
+    enter, free_box, handle, kind_code, nul_terminated as nul, out, put_args, ringbase_client, text,
+};
 
 /// A vector from C: `dim` floats at `p` (NULL only with `dim` 0).
 ///
@@ -129,11 +131,6 @@ pub struct ringbase_neighbors {
 /// the search asked for values.
 type Item = (Vec<u8>, f32, Option<(c_int, Vec<u8>)>);
 
-fn nul(mut b: Vec<u8>) -> Vec<u8> {
-    b.push(0);
-    b
-}
-
 /// The records whose vectors are nearest to `vector` (`dim` floats) by cosine
 /// similarity, best first, as `opts` asks (NULL: the defaults, see
 /// `ringbase_vsearch_options`). The search sees every write made earlier on `c`. No
@@ -190,7 +187,7 @@ pub unsafe extern "C" fn ringbase_vsearch(
             .into_iter()
             .map(|n| {
                 let value = n.record.map(|r| (kind_code(r.kind), nul(r.value)));
-                (nul(n.key.into_bytes()), n.score, value)
+                (nul(n.key), n.score, value)
             })
             .collect();
         *out = Box::into_raw(Box::new(ringbase_neighbors { items, next: 0 }));
