@@ -48,7 +48,7 @@ use ringbase_benches::harness::{
 };
 use ringbase_benches::stats::{us, Summary};
 use ringbase_client::{Client, ConnectOptions, Request, Response, ValueKind, VectorSearch};
-use ringbase_server::vectors::{Graph, VectorConfig};
+use ringbase_server::vectors::{normalized, Graph, VectorConfig};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -166,24 +166,16 @@ fn gaussian(rng: &mut StdRng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
-fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    for x in v {
-        *x = (f64::from(*x) / n) as f32;
-    }
-}
-
 /// `n` base and `q` query vectors of `dim` dimensions, row-major, normalised.
 fn dataset(n: usize, q: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let centres: Vec<f32> = (0..CENTRES * dim).map(|_| gaussian(&mut rng)).collect();
     let point = |rng: &mut StdRng| {
         let c = rng.gen_range(0..CENTRES);
-        let mut v: Vec<f32> = (0..dim)
+        let v: Vec<f32> = (0..dim)
             .map(|j| centres[c * dim + j] + gaussian(rng))
             .collect();
-        normalize(&mut v);
-        v
+        normalized(&v)
     };
     let base = (0..n).flat_map(|_| point(&mut rng)).collect();
     let queries = (0..q).flat_map(|_| point(&mut rng)).collect();
@@ -233,8 +225,9 @@ fn exact_scan(base: &[f32], members: &[u32], q: &[f32], dim: usize) -> Vec<u32> 
     best.into_iter().map(|e| e.1).collect()
 }
 
-/// Recall of `found` against per-query truths.
-fn recall_vs(found: &[Vec<u32>], truth: &[Vec<u32>]) -> f64 {
+/// Recall of `found` against per-query truths: the fraction of each query's true
+/// top-`K` (or all of its truth, if fewer) found.
+fn recall(found: &[Vec<u32>], truth: &[Vec<u32>]) -> f64 {
     let mut hits = 0usize;
     let mut want = 0usize;
     for (f, t) in found.iter().zip(truth) {
@@ -254,44 +247,18 @@ struct PrefixRow {
     scan: Summary,
 }
 
-/// The exact top-`K` ids of each query, best first (two threads).
-fn ground_truth(base: &[f32], queries: &[f32], dim: usize) -> Vec<u32> {
-    let q = queries.len() / dim;
-    let mut out = vec![0u32; q * K];
-    let half = q.div_ceil(2);
+/// The exact top-`K` ids of each query among all base vectors, best first (two
+/// threads, half of the queries each).
+fn ground_truth(base: &[f32], queries: &[f32], dim: usize) -> Vec<Vec<u32>> {
+    let all: Vec<u32> = (0..(base.len() / dim) as u32).collect();
+    let half = (queries.len() / dim).div_ceil(2) * dim;
+    let (first, second) = queries.split_at(half.min(queries.len()));
     std::thread::scope(|s| {
-        for (part, chunk) in out.chunks_mut(half * K).enumerate() {
-            s.spawn(move || {
-                for (i, row) in chunk.chunks_mut(K).enumerate() {
-                    let qi = part * half + i;
-                    let qv = &queries[qi * dim..(qi + 1) * dim];
-                    let mut best: Vec<(f32, u32)> = Vec::with_capacity(K + 1);
-                    for (id, b) in base.chunks_exact(dim).enumerate() {
-                        let s = dot(qv, b);
-                        if best.len() < K || s > best[K - 1].0 {
-                            let at = best.partition_point(|e| e.0 >= s);
-                            best.insert(at, (s, id as u32));
-                            best.truncate(K);
-                        }
-                    }
-                    for (slot, (_, id)) in row.iter_mut().zip(best) {
-                        *slot = id;
-                    }
-                }
-            });
-        }
-    });
-    out
-}
-
-/// Mean fraction of each query's true top-`K` found.
-fn recall(found: &[Vec<u32>], gt: &[u32]) -> f64 {
-    let mut hits = 0usize;
-    for (i, f) in found.iter().enumerate() {
-        let truth = &gt[i * K..(i + 1) * K];
-        hits += f.iter().filter(|id| truth.contains(id)).count();
-    }
-    hits as f64 / (found.len() * K) as f64
+        let other = s.spawn(|| ground_truth_among(base, &all, second, dim));
+        let mut out = ground_truth_among(base, &all, first, dim);
+        out.extend(other.join().expect("ground-truth thread"));
+        out
+    })
 }
 
 /// One system at one ef.
@@ -336,7 +303,7 @@ fn rss_mib(pid: u32) -> Option<f64> {
 
 /// The same graph code as the server, in this process; the graph is kept for the prefix
 /// searches.
-fn in_process(base: &[f32], queries: &[f32], dim: usize, gt: &[u32]) -> (SystemRun, Graph) {
+fn in_process(base: &[f32], queries: &[f32], dim: usize, gt: &[Vec<u32>]) -> (SystemRun, Graph) {
     let params = VectorConfig::default().graph;
     let before = rss_mib(std::process::id());
     let graph = Graph::new(params, dim, base.len() / dim);
@@ -433,8 +400,8 @@ fn prefix_rows(
         rows.push(PrefixRow {
             prefix,
             members: members.len(),
-            server: (s_lat, recall_vs(&s_found, &truth)),
-            graph: (g_lat, recall_vs(&g_found, &truth)),
+            server: (s_lat, recall(&s_found, &truth)),
+            graph: (g_lat, recall(&g_found, &truth)),
             scan: x_lat,
         });
     }
@@ -449,7 +416,7 @@ fn through_server(
     base: &[f32],
     queries: &[f32],
     dim: usize,
-    gt: &[u32],
+    gt: &[Vec<u32>],
 ) -> Result<(SystemRun, Client, ChildGuard)> {
     let runtime = tmp.join(format!("run-{dim}"));
     let (server, _) = ChildGuard::spawn_ready(
@@ -639,7 +606,7 @@ fn run(cfg: &Config) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         write_f32(&dir.join("base.f32"), &base)?;
         write_f32(&dir.join("queries.f32"), &queries)?;
-        write_u32(&dir.join("gt.u32"), &gt)?;
+        write_u32(&dir.join("gt.u32"), &gt.concat())?;
         wd.arm(format!("ringbase {dim}"), Duration::from_secs(3600));
         let (server, mut client, server_proc) =
             through_server(cfg, &wd, tmp.path(), &base, &queries, dim, &gt)?;
@@ -774,9 +741,10 @@ mod tests {
                 .collect();
             all.sort_by(|a, b| b.0.total_cmp(&a.0));
             let want: Vec<u32> = all[..K].iter().map(|e| e.1).collect();
-            assert_eq!(&gt[qi * K..(qi + 1) * K], want.as_slice());
+            assert_eq!(gt[qi], want);
         }
-        let found: Vec<Vec<u32>> = (0..7).map(|i| gt[i * K..i * K + 5].to_vec()).collect();
+        assert_eq!(gt.len(), 7);
+        let found: Vec<Vec<u32>> = gt.iter().map(|t| t[..5].to_vec()).collect();
         assert_eq!(recall(&found, &gt), 0.5);
     }
 
