@@ -579,10 +579,14 @@ impl VectorIndex {
 
 impl CommitHook for VectorIndex {
     fn committed(&self, commit: &Commit<'_>) {
-        let Some(last) = commit.changes().last().map(|c| c.seq) else {
+        // One pass on the writer thread: the commit's last change number, and whether
+        // any change carries a vector.
+        let (last, any_vector) = commit.changes().fold((None, false), |(_, any), c| {
+            (Some(c.seq), any || c.vector.is_some())
+        });
+        let Some(last) = last else {
             return;
         };
-        let any_vector = commit.changes().any(|c| c.vector.is_some());
         if !any_vector && !self.any.load(Ordering::Acquire) {
             self.applied.fetch_max(last, Ordering::AcqRel);
             return;
