@@ -276,7 +276,7 @@ impl Client {
     /// Server status.
     pub fn status(&mut self) -> Result<StatusInfo> {
         match self.call(&Request::Status)? {
-            Response::Status(s) => Ok(s),
+            Response::Status(s) => Ok(*s),
             other => Err(unexpected(other)),
         }
     }

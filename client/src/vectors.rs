@@ -120,15 +120,7 @@ impl Client {
         vector: &[f32],
         opts: &VectorSearch,
     ) -> Result<Vec<Neighbor>> {
-        if let Some(p) = &opts.prefix {
-            if p.len() > crate::MAX_KEY_LEN {
-                return Err(Error::TooLarge {
-                    what: "prefix",
-                    len: p.len() as u64,
-                    max: crate::MAX_KEY_LEN as u64,
-                });
-            }
-        }
+        check_prefix(opts)?;
         match self.call(&Request::VectorSearch {
             vector: vector.to_vec(),
             k: opts.k,
@@ -141,4 +133,48 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The `k` records nearest in meaning to `query`, best first: the server embeds
+    /// the text with its embedding model (the one that gives JSON puts their vectors:
+    /// `ringbase serve --embed-model DIR`) and searches the vector index. See
+    /// [`Client::search_text_with`].
+    pub fn search_text(&mut self, query: &str, k: u32) -> Result<Vec<Neighbor>> {
+        self.search_text_with(query, &VectorSearch::k(k))
+    }
+
+    /// [`Client::search_text`] with the options of a vector search (prefix, minimum
+    /// score, ef, values).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Server`] with [`crate::ErrorCode::NoEmbedder`] if the server has no
+    /// embedding model; [`crate::ErrorCode::BadRequest`] for an empty text.
+    pub fn search_text_with(&mut self, query: &str, opts: &VectorSearch) -> Result<Vec<Neighbor>> {
+        check_prefix(opts)?;
+        match self.call(&Request::SearchText {
+            text: query.to_string(),
+            k: opts.k,
+            min_score: opts.min_score,
+            prefix: opts.prefix.clone(),
+            ef: opts.ef,
+            with_values: opts.with_values,
+        })? {
+            Response::Neighbors(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A prefix longer than any key is refused before it is sent.
+fn check_prefix(opts: &VectorSearch) -> Result<()> {
+    if let Some(p) = &opts.prefix {
+        if p.len() > crate::MAX_KEY_LEN {
+            return Err(Error::TooLarge {
+                what: "prefix",
+                len: p.len() as u64,
+                max: crate::MAX_KEY_LEN as u64,
+            });
+        }
+    }
+    Ok(())
 }

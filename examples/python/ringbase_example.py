@@ -46,6 +46,7 @@ class StatusInfo(ctypes.Structure):
         ("vector_rebuilds", c_uint64),
         ("vector_last_rebuild_ms", c_uint64),
         ("vector_ready", c_int),
+        ("vector_embedder", c_char_p),
     ]
 
 

@@ -234,6 +234,12 @@
 #define RINGBASE_E_INVALID_VECTOR -30824
 
 /**
+ * A text search (`ringbase_search_text`) on a server without an embedding model:
+ * start it with `ringbase serve --embed-model DIR`, or search with a vector.
+ */
+#define RINGBASE_E_NO_EMBEDDER -30825
+
+/**
  * `ringbase_options::wait_mode`: spin briefly, then sleep (the default).
  */
 #define RINGBASE_WAIT_ADAPTIVE 0
@@ -325,7 +331,8 @@ typedef struct ringbase_hits ringbase_hits;
 typedef struct ringbase_list ringbase_list;
 
 /**
- * The results of a vector search (opaque), made by `ringbase_vsearch` and freed by
+ * The results of a vector search (opaque), made by `ringbase_vsearch` or
+ * `ringbase_search_text` and freed by
  * `ringbase_neighbors_free`; owned by the caller.
  *
  * It holds every result, independent of the client it came from. Not thread-safe: use
@@ -475,6 +482,12 @@ typedef struct ringbase_status_info {
    * start runs (searches then scan storage exactly).
    */
   int vector_ready;
+  /**
+   * The server's embedding model (its path), which gives JSON puts their vectors
+   * and answers `ringbase_search_text`; "" if it has none. Belongs to `c`, like
+   * `data_dir`.
+   */
+  const char *vector_embedder;
 } ringbase_status_info;
 
 /**
@@ -970,7 +983,7 @@ int ringbase_max_value_len(struct ringbase_client *c,
 /**
  * Fills `*info` with the server's status.
  *
- * Ownership: `info` is the caller's; its `data_dir`, `version` and `indexes` strings belong to
+ * Ownership: `info` is the caller's; its `data_dir`, `version`, `indexes` and `vector_embedder` strings belong to
  * `c` and stay valid until the next call on `c` other than `ringbase_last_error`
  * (copy them to keep them).
  *
@@ -1597,6 +1610,38 @@ int ringbase_vsearch(struct ringbase_client *c,
                      size_t dim,
                      const struct ringbase_vsearch_options *opts,
                      struct ringbase_neighbors **out);
+
+/**
+ * The records nearest in meaning to `text` (`text_len` bytes of UTF-8), best first,
+ * as `opts` asks (NULL: the defaults, see `ringbase_vsearch_options`): the server
+ * embeds the text with its embedding model (`ringbase serve --embed-model DIR`, the
+ * model that also gives JSON puts their vectors) and searches like
+ * `ringbase_vsearch`. The search sees every write made earlier on `c`.
+ *
+ * Ownership: on success `*out` is a new result owned by the caller (walk it with
+ * `ringbase_neighbors_next`, free it with `ringbase_neighbors_free`). On failure
+ * `*out` is NULL. `text`, `opts` and its prefix are only read during the call.
+ *
+ * Errors: `RINGBASE_E_NO_EMBEDDER` (the server has no embedding model),
+ * `RINGBASE_E_INVALID` (`c` or `out` NULL, `text` NULL with a length, not UTF-8, or
+ * a prefix that is NULL with a length or not UTF-8), `RINGBASE_E_BAD_REQUEST` (an
+ * empty text), `RINGBASE_E_TOO_LARGE` (a prefix longer than `RINGBASE_MAX_KEY_LEN`, a
+ * text larger than a request), `RINGBASE_E_SERVER` (the model failed),
+ * `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`.
+ *
+ * Threads: the thread using `c`.
+ *
+ * # Safety
+ *
+ * `c` is NULL or a live handle; `text` points at `text_len` readable bytes (or is
+ * NULL with 0); `opts` is NULL or readable, its `prefix` pointing at `prefix_len`
+ * readable bytes; `out` is NULL or writable.
+ */
+int ringbase_search_text(struct ringbase_client *c,
+                         const char *text_ptr,
+                         size_t text_len,
+                         const struct ringbase_vsearch_options *opts,
+                         struct ringbase_neighbors **out);
 
 /**
  * The number of results in `n` (0 if NULL). Threads: any, one at a time per `n`.

@@ -79,6 +79,9 @@ pub const RINGBASE_E_EXPIRED: c_int = -30823;
 /// A vector of another dimension than the database's, with a NaN or an infinity, all
 /// zeros, or empty (`ringbase_put_with_vector`, `ringbase_vsearch`). Nothing was written.
 pub const RINGBASE_E_INVALID_VECTOR: c_int = -30824;
+/// A text search (`ringbase_search_text`) on a server without an embedding model:
+/// start it with `ringbase serve --embed-model DIR`, or search with a vector.
+pub const RINGBASE_E_NO_EMBEDDER: c_int = -30825;
 
 /// A failed call: the status code and the detail for `ringbase_last_error`.
 #[derive(Debug)]
@@ -144,6 +147,7 @@ pub(crate) fn server_code(code: Option<ErrorCode>) -> c_int {
         Some(ErrorCode::Budget) => RINGBASE_E_BUDGET,
         Some(ErrorCode::Expired) => RINGBASE_E_EXPIRED,
         Some(ErrorCode::InvalidVector) => RINGBASE_E_INVALID_VECTOR,
+        Some(ErrorCode::NoEmbedder) => RINGBASE_E_NO_EMBEDDER,
         _ => RINGBASE_E_SERVER,
     }
 }
@@ -179,6 +183,7 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
         RINGBASE_E_INVALID_VECTOR => {
             c"invalid vector (wrong dimension, NaN or infinity, or all zeros)"
         }
+        RINGBASE_E_NO_EMBEDDER => c"the server has no embedding model",
         _ => c"unknown ringbase status code",
     }
 }

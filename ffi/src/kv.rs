@@ -597,11 +597,15 @@ pub struct ringbase_status_info {
     /// 1 if a complete graph serves vector searches; 0 while the first build after a
     /// start runs (searches then scan storage exactly).
     pub vector_ready: c_int,
+    /// The server's embedding model (its path), which gives JSON puts their vectors
+    /// and answers `ringbase_search_text`; "" if it has none. Belongs to `c`, like
+    /// `data_dir`.
+    pub vector_embedder: *const c_char,
 }
 
 /// Fills `*info` with the server's status.
 ///
-/// Ownership: `info` is the caller's; its `data_dir`, `version` and `indexes` strings belong to
+/// Ownership: `info` is the caller's; its `data_dir`, `version`, `indexes` and `vector_embedder` strings belong to
 /// `c` and stay valid until the next call on `c` other than `ringbase_last_error`
 /// (copy them to keep them).
 ///
@@ -622,6 +626,7 @@ pub unsafe extern "C" fn ringbase_status(
         st.out_data_dir = crate::error::c_message(&s.data_dir);
         st.out_version = crate::error::c_message(&s.version);
         st.out_indexes = crate::error::c_message(&s.indexes.join("\n"));
+        st.out_embedder = crate::error::c_message(&s.vectors.embedder);
         Ok(ringbase_status_info {
             records: s.records,
             uptime_ms: s.uptime_ms,
@@ -642,6 +647,7 @@ pub unsafe extern "C" fn ringbase_status(
             vector_rebuilds: s.vectors.rebuilds,
             vector_last_rebuild_ms: s.vectors.last_rebuild_ms,
             vector_ready: c_int::from(s.vectors.ready),
+            vector_embedder: st.out_embedder.as_ptr(),
         })
     };
     // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's

@@ -116,7 +116,8 @@ pub struct ringbase_neighbor {
     pub value_len: usize,
 }
 
-/// The results of a vector search (opaque), made by `ringbase_vsearch` and freed by
+/// The results of a vector search (opaque), made by `ringbase_vsearch` or
+/// `ringbase_search_text` and freed by
 /// `ringbase_neighbors_free`; owned by the caller.
 ///
 /// It holds every result, independent of the client it came from. Not thread-safe: use
@@ -169,30 +170,93 @@ pub unsafe extern "C" fn ringbase_vsearch(
         *out = null_mut();
         // SAFETY: `dim` readable floats (caller's contract).
         let vector = unsafe { floats(vector, dim, "vector") }?;
-        let mut search = VectorSearch::default();
-        // SAFETY: NULL or readable (caller's contract).
-        if let Some(o) = unsafe { opts.as_ref() } {
-            search.k = o.k;
-            search.ef = o.ef;
-            search.min_score = o.min_score;
-            search.with_values = o.with_values != 0;
-            if !(o.prefix.is_null() && o.prefix_len == 0) {
-                // SAFETY: `prefix_len` readable bytes (caller's contract).
-                search.prefix =
-                    Some(unsafe { text(o.prefix, o.prefix_len, "prefix") }?.to_string());
-            }
-        }
+        // SAFETY: NULL or readable, its prefix `prefix_len` bytes (caller's contract).
+        let search = unsafe { options(opts) }?;
         let found = st.settle()?.vector_search_with(vector, &search)?;
-        let items = found
-            .into_iter()
-            .map(|n| {
-                let value = n.record.map(|r| (kind_code(r.kind), nul(r.value)));
-                (nul(n.key), n.score, value)
-            })
-            .collect();
-        *out = Box::into_raw(Box::new(ringbase_neighbors { items, next: 0 }));
+        *out = results(found);
         Ok(())
     })
+}
+
+/// The records nearest in meaning to `text` (`text_len` bytes of UTF-8), best first,
+/// as `opts` asks (NULL: the defaults, see `ringbase_vsearch_options`): the server
+/// embeds the text with its embedding model (`ringbase serve --embed-model DIR`, the
+/// model that also gives JSON puts their vectors) and searches like
+/// `ringbase_vsearch`. The search sees every write made earlier on `c`.
+///
+/// Ownership: on success `*out` is a new result owned by the caller (walk it with
+/// `ringbase_neighbors_next`, free it with `ringbase_neighbors_free`). On failure
+/// `*out` is NULL. `text`, `opts` and its prefix are only read during the call.
+///
+/// Errors: `RINGBASE_E_NO_EMBEDDER` (the server has no embedding model),
+/// `RINGBASE_E_INVALID` (`c` or `out` NULL, `text` NULL with a length, not UTF-8, or
+/// a prefix that is NULL with a length or not UTF-8), `RINGBASE_E_BAD_REQUEST` (an
+/// empty text), `RINGBASE_E_TOO_LARGE` (a prefix longer than `RINGBASE_MAX_KEY_LEN`, a
+/// text larger than a request), `RINGBASE_E_SERVER` (the model failed),
+/// `RINGBASE_E_STORAGE`, `RINGBASE_E_DISCONNECTED`.
+///
+/// Threads: the thread using `c`.
+///
+/// # Safety
+///
+/// `c` is NULL or a live handle; `text` points at `text_len` readable bytes (or is
+/// NULL with 0); `opts` is NULL or readable, its `prefix` pointing at `prefix_len`
+/// readable bytes; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ringbase_search_text(
+    c: *mut ringbase_client,
+    text_ptr: *const c_char,
+    text_len: usize,
+    opts: *const ringbase_vsearch_options,
+    out: *mut *mut ringbase_neighbors,
+) -> c_int {
+    // SAFETY: `c` is NULL or a live handle (caller's contract).
+    let h = unsafe { handle(c) };
+    enter(h, |st| {
+        // SAFETY: NULL or writable (caller's contract).
+        let out = unsafe { crate::handle::out(out, "out") }?;
+        *out = null_mut();
+        // SAFETY: `text_len` readable bytes (caller's contract).
+        let query = unsafe { text(text_ptr, text_len, "text") }?;
+        // SAFETY: NULL or readable, its prefix `prefix_len` bytes (caller's contract).
+        let search = unsafe { options(opts) }?;
+        let found = st.settle()?.search_text_with(query, &search)?;
+        *out = results(found);
+        Ok(())
+    })
+}
+
+/// The search options from C (NULL: the defaults).
+///
+/// # Safety
+///
+/// `opts` is NULL or readable, its `prefix` pointing at `prefix_len` readable bytes.
+unsafe fn options(opts: *const ringbase_vsearch_options) -> Result<VectorSearch, Failure> {
+    let mut search = VectorSearch::default();
+    // SAFETY: NULL or readable (caller's contract).
+    if let Some(o) = unsafe { opts.as_ref() } {
+        search.k = o.k;
+        search.ef = o.ef;
+        search.min_score = o.min_score;
+        search.with_values = o.with_values != 0;
+        if !(o.prefix.is_null() && o.prefix_len == 0) {
+            // SAFETY: `prefix_len` readable bytes (caller's contract).
+            search.prefix = Some(unsafe { text(o.prefix, o.prefix_len, "prefix") }?.to_string());
+        }
+    }
+    Ok(search)
+}
+
+/// The results handed to C, owned by the caller.
+fn results(found: Vec<::ringbase_client::Neighbor>) -> *mut ringbase_neighbors {
+    let items = found
+        .into_iter()
+        .map(|n| {
+            let value = n.record.map(|r| (kind_code(r.kind), nul(r.value)));
+            (nul(n.key), n.score, value)
+        })
+        .collect();
+    Box::into_raw(Box::new(ringbase_neighbors { items, next: 0 }))
 }
 
 /// The number of results in `n` (0 if NULL). Threads: any, one at a time per `n`.
@@ -257,7 +321,7 @@ pub unsafe extern "C" fn ringbase_neighbors_next(
 /// `n` is NULL or a live result, not used again after this call.
 #[no_mangle]
 pub unsafe extern "C" fn ringbase_neighbors_free(n: *mut ringbase_neighbors) {
-    // SAFETY: `n` is NULL or came from `Box::into_raw` in `ringbase_vsearch` and is
+    // SAFETY: `n` is NULL or came from `Box::into_raw` in `results` and is
     // freed once (caller's contract).
     unsafe { free_box(n) }
 }

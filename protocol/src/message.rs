@@ -318,6 +318,24 @@ pub enum Request {
         /// include each record's value
         with_values: bool,
     },
+    /// The `k` records nearest to the meaning of `text` ([`Response::Neighbors`], best
+    /// first): the server embeds `text` with its embedding model (the one that gives
+    /// JSON puts their vectors) and searches like [`Request::VectorSearch`]. A server
+    /// without a model answers [`ErrorCode::NoEmbedder`].
+    SearchText {
+        /// the query text
+        text: String,
+        /// how many (at most [`MAX_NEIGHBORS`]; 0: 10)
+        k: u32,
+        /// only records scoring at least this (`max(0, cosine similarity)`, 0 to 1)
+        min_score: f32,
+        /// only keys starting with this
+        prefix: Option<String>,
+        /// HNSW search breadth (0: the server's default)
+        ef: u32,
+        /// include each record's value
+        with_values: bool,
+    },
 }
 
 /// Most neighbors one [`Request::VectorSearch`] returns.
@@ -359,6 +377,9 @@ pub struct VectorStatus {
     /// start runs (searches then scan storage exactly); true at once when the graph
     /// saved at the last shutdown was loaded.
     pub ready: bool,
+    /// The embedding model that gives JSON puts their vectors and answers
+    /// [`Request::SearchText`] (its path; empty: none).
+    pub embedder: String,
 }
 
 /// A stored record as returned by reads.
@@ -454,6 +475,8 @@ pub enum ErrorCode {
     Expired = 12,
     /// A vector of the wrong dimension, with a NaN or an infinity, or all zeros.
     InvalidVector = 13,
+    /// A text search (or an embedding) asked of a server without an embedding model.
+    NoEmbedder = 14,
 }
 
 impl ErrorCode {
@@ -474,6 +497,7 @@ impl ErrorCode {
             11 => Budget,
             12 => Expired,
             13 => InvalidVector,
+            14 => NoEmbedder,
             _ => return None,
         })
     }
@@ -505,7 +529,7 @@ pub enum Response {
     /// Answer to Count.
     Count(u64),
     /// Answer to Status.
-    Status(StatusInfo),
+    Status(Box<StatusInfo>),
     /// Answer to Query.
     Rows(QueryRows),
     /// Answer to CreateIndex, DropIndex and SetFulltext: whether anything changed.
@@ -688,6 +712,24 @@ mod tests {
                 .prop_map(|(vector, k, min_score, prefix, ef, with_values)| {
                     Request::VectorSearch {
                         vector,
+                        k,
+                        min_score,
+                        prefix,
+                        ef,
+                        with_values,
+                    }
+                }),
+            (
+                ".{0,40}",
+                any::<u32>(),
+                0f32..1.0,
+                proptest::option::of(".{0,10}"),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(text, k, min_score, prefix, ef, with_values)| {
+                    Request::SearchText {
+                        text,
                         k,
                         min_score,
                         prefix,

@@ -237,7 +237,21 @@ pub fn vsearch(name: &str, vector: &str, opts: &VectorSearch) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
-    with_client(name, |c| match c.vector_search_with(&vector, opts) {
+    with_client(name, |c| {
+        print_neighbors(c.vector_search_with(&vector, opts))
+    })
+}
+
+/// `ringbase search-text TEXT [--k N] [--prefix P] [--min-score S] [--ef N] [--values]`:
+/// the records nearest in meaning to TEXT (the server embeds it), as `vsearch` prints
+/// them.
+pub fn search_text(name: &str, text: &str, opts: &VectorSearch) -> ExitCode {
+    with_client(name, |c| print_neighbors(c.search_text_with(text, opts)))
+}
+
+/// Search results, one JSON line each, best first.
+fn print_neighbors(found: ringbase_client::Result<Vec<ringbase_client::Neighbor>>) -> ExitCode {
+    match found {
         Ok(hits) => {
             let mut out = std::io::stdout().lock();
             for h in hits {
@@ -253,7 +267,7 @@ pub fn vsearch(name: &str, vector: &str, opts: &VectorSearch) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
-    })
+    }
 }
 
 /// `ringbase watch [--prefix P] [--since N] [--values] [--count N]`: JSON lines. An
@@ -363,6 +377,7 @@ pub fn status(name: &str) -> ExitCode {
                     "rebuilds": s.vectors.rebuilds,
                     "last_rebuild_ms": s.vectors.last_rebuild_ms,
                     "ready": s.vectors.ready,
+                    "embedder": s.vectors.embedder,
                 },
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));

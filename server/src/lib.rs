@@ -18,7 +18,8 @@
 //!   ▼
 //!  query,    subsystems, each doing the work of its requests: read-only SQL over
 //!  feed,       the records view; the change feed (a commit hook) that watchers read;
-//!  vectors     the HNSW vector index (a commit hook); sync to come
+//!  vectors,    the HNSW vector index (a commit hook); the embedding model that turns
+//!  embed       text into vectors (run by the writing client's session); sync to come
 //!   │
 //!   ▼
 //!  store     records in SQLite, the group-commit writer, read connections, and the
@@ -33,6 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod embed;
 pub mod engine;
 pub mod feed;
 pub mod ipc;

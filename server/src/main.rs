@@ -1,12 +1,15 @@
 //! `ringbase`: the server and its command-line client.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use ringbase_server::embed::onnx::OnnxEmbedder;
+use ringbase_server::embed::{AutoEmbed, Embedder, TextFields};
 use ringbase_server::engine::EngineConfig;
 use ringbase_server::feed::FeedLimits;
+use ringbase_server::store::JsonPath;
 use ringbase_server::vectors::{GraphParams, VectorConfig};
 use ringbase_server::{Engine, Server, ServerConfig};
 
@@ -71,6 +74,18 @@ enum Cmd {
         /// HNSW vector index: default search breadth (ef), when a search leaves it open.
         #[arg(long, default_value_t = VectorConfig::default().ef_search)]
         hnsw_ef: usize,
+        /// Embedding model: a directory with model.onnx and vocab.txt (a BERT-family
+        /// sentence-embedding model such as all-MiniLM-L6-v2). JSON puts without a
+        /// vector then get one from their text, and text search works.
+        #[arg(long)]
+        embed_model: Option<PathBuf>,
+        /// Which text of a record is embedded: JSON paths, comma-separated, e.g.
+        /// '$.title,$.body' [default: every string in the record].
+        #[arg(long, value_delimiter = ',', requires = "embed_model")]
+        embed_fields: Vec<String>,
+        /// Most tokens of a text the embedding model reads (2 to 512).
+        #[arg(long, default_value_t = ringbase_server::embed::onnx::DEFAULT_MAX_TOKENS, requires = "embed_model")]
+        embed_max_tokens: usize,
     },
     /// Check that a server is up and measure one round trip.
     Ping {
@@ -184,6 +199,30 @@ enum Cmd {
         #[arg(long)]
         values: bool,
     },
+    /// The records nearest in meaning to a text, best first: the server embeds the
+    /// text with its embedding model (`serve --embed-model DIR`).
+    SearchText {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The query text.
+        text: String,
+        /// How many results.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only results scoring at least this (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        min_score: f32,
+        /// Search breadth [default: the server's].
+        #[arg(long)]
+        ef: Option<u32>,
+        /// Print each result's record too.
+        #[arg(long)]
+        values: bool,
+    },
     /// Turn the full-text index on or off (off by default; on costs write throughput).
     Fulltext {
         /// Server name.
@@ -243,7 +282,20 @@ fn main() -> ExitCode {
             hnsw_m,
             hnsw_ef_construction,
             hnsw_ef,
+            embed_model,
+            embed_fields,
+            embed_max_tokens,
         } => {
+            let embed = match embed_model {
+                None => None,
+                Some(dir) => match load_embedder(&dir, &embed_fields, embed_max_tokens) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        eprintln!("ringbase: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             let config = EngineConfig {
                 feed: FeedLimits {
                     log_changes: change_log.max(1),
@@ -258,6 +310,7 @@ fn main() -> ExitCode {
                     ef_search: hnsw_ef.max(1),
                     ..VectorConfig::default()
                 },
+                embed,
             };
             serve(name, data_dir, max_sessions, allow_uids, config)
         }
@@ -310,6 +363,25 @@ fn main() -> ExitCode {
                 with_values: values,
             },
         ),
+        Cmd::SearchText {
+            name,
+            text,
+            k,
+            prefix,
+            min_score,
+            ef,
+            values,
+        } => cli::search_text(
+            &name,
+            &text,
+            &ringbase_client::VectorSearch {
+                k,
+                min_score,
+                prefix,
+                ef: ef.unwrap_or(0),
+                with_values: values,
+            },
+        ),
         Cmd::Fulltext { name, state } => cli::fulltext(&name, state == "on"),
         Cmd::Index { name, cmd } => match cmd {
             IndexCmd::Create { path } => cli::index_create(&name, &path),
@@ -350,6 +422,33 @@ fn default_data_dir(name: &str) -> PathBuf {
         return PathBuf::from(h).join(".local/share/ringbase").join(name);
     }
     PathBuf::from("ringbase-data").join(name)
+}
+
+/// The embedding model in `dir`, reading `fields` of each record (all strings if
+/// none).
+fn load_embedder(dir: &Path, fields: &[String], max_tokens: usize) -> Result<AutoEmbed, String> {
+    let fields = if fields.is_empty() {
+        TextFields::AllStrings
+    } else {
+        TextFields::Paths(
+            fields
+                .iter()
+                .map(|f| JsonPath::parse(f.trim()).map_err(|e| format!("--embed-fields: {e}")))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let started = std::time::Instant::now();
+    let model = OnnxEmbedder::load(dir, max_tokens).map_err(|e| e.to_string())?;
+    eprintln!(
+        "ringbase: embedding model {} loaded in {} ms ({} dimensions)",
+        model.name(),
+        started.elapsed().as_millis(),
+        model.dim()
+    );
+    Ok(AutoEmbed {
+        embedder: Arc::new(model),
+        fields,
+    })
 }
 
 fn serve(

@@ -91,7 +91,7 @@ static void test_static_functions(void) {
         RINGBASE_E_CORRUPT, RINGBASE_E_BAD_REQUEST, RINGBASE_E_UNSUPPORTED,
         RINGBASE_E_SHUTTING_DOWN, RINGBASE_E_SERVER, RINGBASE_E_IO, RINGBASE_E_TIMEOUT,
         RINGBASE_E_INVALID_QUERY, RINGBASE_E_READ_ONLY, RINGBASE_E_BUDGET, RINGBASE_E_EXPIRED,
-        RINGBASE_E_INVALID_VECTOR,
+        RINGBASE_E_INVALID_VECTOR, RINGBASE_E_NO_EMBEDDER,
     };
     const char *unknown = ringbase_strerror(12345);
     CHECK(unknown != NULL && *unknown);
@@ -271,6 +271,15 @@ static void test_vectors(ringbase_client *c) {
     ringbase_status_info info;
     CHECK_RC(ringbase_status(c, &info), RINGBASE_OK);
     CHECK(info.vector_dim == 4 && info.vectors == 48);
+    /* Text search needs the server's embedding model: this server has none. */
+    CHECK(info.vector_embedder != NULL && info.vector_embedder[0] == '\0');
+    nb = (ringbase_neighbors *)&nb; /* must be overwritten with NULL */
+    CHECK_RC(ringbase_search_text(c, K("red sword"), NULL, &nb), RINGBASE_E_NO_EMBEDDER);
+    CHECK(nb == NULL);
+    CHECK(strstr(ringbase_last_error(c), "--embed-model") != NULL);
+    CHECK_RC(ringbase_search_text(c, NULL, 3, NULL, &nb), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_search_text(c, K("red sword"), NULL, NULL), RINGBASE_E_INVALID);
+    CHECK_RC(ringbase_search_text(c, K("\xff"), NULL, &nb), RINGBASE_E_INVALID);
 }
 
 static void test_connect_errors(const char *server_bin) {

@@ -14,7 +14,7 @@
 //! | Search | `records`: full-text search on the client's read connection |
 //! | Watch, Unwatch | `watches`: the client's cursor into the change feed ([`crate::feed`], a commit hook) |
 //! | Query | `queries`: read-only SQL on the client's own query connection ([`crate::query`]) |
-//! | PutVector, VectorSearch | `vectors`: puts with an embedding (through `writes`), nearest-neighbour search ([`crate::vectors`], a commit hook) |
+//! | PutVector, VectorSearch, SearchText | `vectors`: puts with an embedding (through `writes`), nearest-neighbour search ([`crate::vectors`], a commit hook), by vector or by text ([`crate::embed`]) |
 //!
 //! A new capability is a new module here (or beside [`crate::store`]) plus one dispatch
 //! line; what must follow every committed write (an index, a change log, replication)
@@ -36,6 +36,7 @@ use ringbase_protocol::message::{ArchivedRequest, ErrorCode, Event, Response};
 
 use std::os::unix::fs::DirBuilderExt;
 
+use crate::embed::AutoEmbed;
 use crate::feed::{Feed, FeedLimits};
 use crate::lock::{LockError, LockFile};
 use crate::store::{Reader, Store, StoreError, StoreOptions};
@@ -58,12 +59,15 @@ pub trait TransportInfo: Send + Sync {
 }
 
 /// Settings of the engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// Bounds of the change feed.
     pub feed: FeedLimits,
     /// The vector index.
     pub vectors: VectorConfig,
+    /// The embedding model that gives JSON puts their vectors and answers SearchText
+    /// (none: puts store only the vectors clients send; SearchText is refused).
+    pub embed: Option<AutoEmbed>,
 }
 
 /// Called by the engine when a client's watch has new changes (the client's transport
@@ -85,6 +89,7 @@ pub struct Engine {
     store: Arc<Store>,
     feed: Arc<Feed>,
     vectors: Arc<VectorIndex>,
+    embed: Option<AutoEmbed>,
     data_dir: PathBuf,
     started: Instant,
     /// Held for the engine's life: one server per data dir (two writers would reuse
@@ -127,6 +132,16 @@ impl Engine {
             .map_err(|e| e.to_string())?,
         );
         feed.resume_after(store.last_change_seq());
+        if let Some(e) = &config.embed {
+            let (stored, made) = (store.vector_dim(), e.embedder.dim());
+            if stored != 0 && stored != made {
+                store.shutdown();
+                return Err(format!(
+                    "the database's vectors have {stored} dimensions but the embedding model {} makes {made}: use the model the vectors were made with, or another data dir",
+                    e.embedder.name()
+                ));
+            }
+        }
         // Builds the graph from the stored vectors in the background.
         vectors
             .start(Arc::clone(&store))
@@ -135,6 +150,7 @@ impl Engine {
             store,
             feed,
             vectors,
+            embed: config.embed,
             data_dir,
             started: Instant::now(),
             _lock: lock,
@@ -177,7 +193,7 @@ impl Engine {
     ) -> Result<ClientState, String> {
         Ok(ClientState {
             reader: self.store.reader().map_err(|e| e.to_string())?,
-            writes: writes::Writes::new(&self.store),
+            writes: writes::Writes::new(&self.store, self.embed.clone()),
             query: None,
             watch: None,
             notify,
@@ -238,6 +254,26 @@ impl Engine {
                 },
             )
             .map(Reply::Now),
+            ArchivedRequest::SearchText {
+                text,
+                k,
+                min_score,
+                prefix,
+                ef,
+                with_values,
+            } => Ok(Reply::Now(vectors::search_text(
+                self,
+                c,
+                text.as_str(),
+                vectors::SearchArgs {
+                    vector: Vec::new(),
+                    k: k.to_native(),
+                    min_score: min_score.to_native(),
+                    prefix: prefix.as_ref().map_or("", |p| p.as_str()),
+                    ef: ef.to_native(),
+                    with_values: *with_values,
+                },
+            ))),
             ArchivedRequest::Delete { key } => Ok(c.writes.delete(&self.store, key)),
             ArchivedRequest::Batch { ops } => Ok(c.writes.batch(&self.store, ops)),
             ArchivedRequest::CreateIndex { path } => {
@@ -379,6 +415,7 @@ fn store_error(e: &StoreError) -> Response {
         StoreError::InvalidFilter(_) => ErrorCode::InvalidQuery,
         StoreError::FulltextOff => ErrorCode::Unsupported,
         StoreError::InvalidVector(_) => ErrorCode::InvalidVector,
+        StoreError::Embedding(_) => ErrorCode::Internal,
         _ => ErrorCode::Storage,
     };
     Response::error(code, e.to_string())

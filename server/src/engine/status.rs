@@ -1,6 +1,6 @@
 //! Status: what the server is and holds.
 
-use ringbase_protocol::message::{Response, StatusInfo};
+use ringbase_protocol::message::{Response, StatusInfo, VectorStatus};
 
 use super::{ClientState, Engine};
 use crate::store::StoreError;
@@ -9,7 +9,7 @@ use crate::store::StoreError;
 pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, StoreError> {
     let store = &engine.store;
     let stats = store.stats();
-    Ok(Response::Status(StatusInfo {
+    Ok(Response::Status(Box::new(StatusInfo {
         records: c.reader.count(None)?,
         sessions: c.transport.session_count() as u32,
         uptime_ms: engine.started.elapsed().as_millis() as u64,
@@ -23,6 +23,12 @@ pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, S
         write_jobs: stats.jobs,
         indexes: c.reader.indexes()?,
         fulltext: c.reader.fulltext_on()?,
-        vectors: engine.vectors.status(store.vector_dim()),
-    }))
+        vectors: VectorStatus {
+            embedder: engine
+                .embed
+                .as_ref()
+                .map_or_else(String::new, |e| e.embedder.name().to_string()),
+            ..engine.vectors.status(store.vector_dim())
+        },
+    })))
 }

@@ -1,9 +1,10 @@
-//! Vector search: the `k` nearest records by cosine similarity ([`crate::vectors`]).
-//! Puts with an embedding go through `writes` like every write.
+//! Vector search: the `k` nearest records by cosine similarity ([`crate::vectors`]),
+//! to a vector or to a text the server embeds ([`crate::embed`]). Puts with an
+//! embedding go through `writes` like every write.
 
-use ringbase_protocol::message::{Neighbor, Response, MAX_NEIGHBORS};
+use ringbase_protocol::message::{ErrorCode, Neighbor, Response, MAX_NEIGHBORS};
 
-use super::{ClientState, Engine};
+use super::{store_error, ClientState, Engine};
 use crate::store::{check_vector, StoreError};
 
 /// Default `k` when the request says 0.
@@ -17,6 +18,40 @@ pub(super) struct SearchArgs<'a> {
     pub prefix: &'a str,
     pub ef: u32,
     pub with_values: bool,
+}
+
+/// SearchText: embeds `text` with the server's model, then searches like
+/// VectorSearch (`args.vector` is ignored).
+pub(super) fn search_text(
+    engine: &Engine,
+    c: &mut ClientState,
+    text: &str,
+    mut args: SearchArgs<'_>,
+) -> Response {
+    let Some(embed) = &engine.embed else {
+        return Response::error(
+            ErrorCode::NoEmbedder,
+            "this server has no embedding model, so it cannot search by text: start it with `ringbase serve --embed-model DIR` (DIR holds model.onnx and vocab.txt), or search with a vector",
+        );
+    };
+    if text.trim().is_empty() {
+        return Response::error(ErrorCode::BadRequest, "the search text is empty");
+    }
+    let mut end = text.len().min(crate::embed::MAX_TEXT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match embed.embedder.embed(&[&text[..end]]) {
+        Ok(mut v) if v.len() == 1 => args.vector = v.remove(0),
+        Ok(_) => {
+            return Response::error(
+                ErrorCode::Internal,
+                "the embedding model answered no vector",
+            )
+        }
+        Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+    }
+    search(engine, c, &args).unwrap_or_else(|e| store_error(&e))
 }
 
 /// VectorSearch, on client `c`'s read connection (which sees the client's own writes).

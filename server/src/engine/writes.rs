@@ -2,8 +2,13 @@
 //! group-commit writer, sent with the rest of its burst, and is answered when its
 //! transaction has committed. Per client this module keeps the writes in flight (by
 //! ticket) and bounds the bytes they hold.
+//!
+//! With an embedder ([`crate::embed`]), a JSON put without a vector is held until the
+//! end of the burst, with every write after it (the client's order is kept); `flush`
+//! then embeds the held records' text in one model call and queues their jobs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -14,6 +19,7 @@ use rkyv::string::ArchivedString;
 use rkyv::vec::ArchivedVec;
 
 use super::{store_error, Reply};
+use crate::embed::AutoEmbed;
 use crate::store::{JobQueue, Store, StoreError, WriteOp, WriteOutcome};
 
 /// Most key+value bytes of one client's writes in flight before the client's requests
@@ -56,10 +62,24 @@ pub(super) struct Writes {
     inflight_bytes: usize,
     /// Write jobs of the current burst of requests, not yet sent to the writer.
     outbox: JobQueue,
+    store: Arc<Store>,
+    /// The server's embedder, if it has one.
+    embed: Option<AutoEmbed>,
+    /// Writes of the current burst waiting for vectors to be computed: from the first
+    /// JSON put with text on, in order (see the module docs).
+    held: Vec<Held>,
+}
+
+/// A write held for embedding.
+struct Held {
+    ticket: u64,
+    ops: Vec<WriteOp>,
+    /// Which ops get a vector, and of what text.
+    texts: Vec<(usize, String)>,
 }
 
 impl Writes {
-    pub(super) fn new(store: &Store) -> Writes {
+    pub(super) fn new(store: &Arc<Store>, embed: Option<AutoEmbed>) -> Writes {
         let (tx, rx) = crossbeam_channel::unbounded();
         Writes {
             tx,
@@ -68,6 +88,9 @@ impl Writes {
             pending: HashMap::new(),
             inflight_bytes: 0,
             outbox: store.job_queue(),
+            store: Arc::clone(store),
+            embed,
+            held: Vec::new(),
         }
     }
 
@@ -134,23 +157,111 @@ impl Writes {
     }
 
     /// Validates the job and queues it in the outbox (an invalid job is answered
-    /// through the completion channel at once).
+    /// through the completion channel at once), or holds it for embedding.
     fn submit(&mut self, store: &Store, ops: Vec<WriteOp>, kind: WriteKind) -> Reply {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let mut bytes = 0;
-        if let Some(job) = store.prepare(ticket, ops, self.tx.clone()) {
-            bytes = job.bytes;
-            // Sent with the rest of the burst (see `Writes::flush`).
-            self.outbox.push(job);
+        let texts = self.texts_of(&ops);
+        if !texts.is_empty() || !self.held.is_empty() {
+            // Counted at its raw size until it is prepared.
+            let bytes = ops.iter().map(WriteOp::raw_len).sum();
+            self.inflight_bytes += bytes;
+            self.pending.insert(ticket, (kind, bytes));
+            self.held.push(Held { ticket, ops, texts });
+            return Reply::Pending(ticket);
         }
+        let bytes = self.prepare(store, ticket, ops);
         self.inflight_bytes += bytes;
         self.pending.insert(ticket, (kind, bytes));
         Reply::Pending(ticket)
     }
 
-    /// Sends the gathered jobs to the writer.
+    /// Validates a job and queues it in the outbox; its bytes (0 if it was refused,
+    /// then answered through the completion channel).
+    fn prepare(&mut self, store: &Store, ticket: u64, ops: Vec<WriteOp>) -> usize {
+        match store.prepare(ticket, ops, self.tx.clone()) {
+            Some(job) => {
+                let bytes = job.bytes;
+                // Sent with the rest of the burst (see `Writes::flush`).
+                self.outbox.push(job);
+                bytes
+            }
+            None => 0,
+        }
+    }
+
+    /// The texts to embed for `ops`: each JSON put without a vector whose value has
+    /// text in the embedder's fields (none without an embedder).
+    fn texts_of(&self, ops: &[WriteOp]) -> Vec<(usize, String)> {
+        let Some(embed) = &self.embed else {
+            return Vec::new();
+        };
+        ops.iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                WriteOp::Put {
+                    value,
+                    kind: ValueKind::Json,
+                    vector: None,
+                    ..
+                } => Some((i, embed.fields.text_of(value)?)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Embeds the held writes' texts (one model call for the burst) and queues their
+    /// jobs, in order. A write whose text the model fails on is answered with the
+    /// error and stores nothing; the others go on.
+    fn embed_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let Some(embed) = self.embed.clone() else {
+            return;
+        };
+        let texts: Vec<&str> = held
+            .iter()
+            .flat_map(|h| h.texts.iter().map(|(_, t)| t.as_str()))
+            .collect();
+        let mut all = embed.embedder.embed(&texts).ok().map(Vec::into_iter);
+        let store = Arc::clone(&self.store);
+        for mut h in held {
+            // The burst's call failed: embed this write alone, so a text the model
+            // fails on fails only its own write.
+            let vectors: Result<Vec<Vec<f32>>, String> = match all.as_mut() {
+                Some(it) => Ok(it.by_ref().take(h.texts.len()).collect()),
+                None if h.texts.is_empty() => Ok(Vec::new()),
+                None => {
+                    let texts: Vec<&str> = h.texts.iter().map(|(_, t)| t.as_str()).collect();
+                    embed.embedder.embed(&texts).map_err(|e| e.to_string())
+                }
+            };
+            let raw = self.pending.get(&h.ticket).map_or(0, |p| p.1);
+            let bytes = match vectors {
+                Ok(vectors) => {
+                    for ((i, _), v) in h.texts.iter().zip(vectors) {
+                        if let WriteOp::Put { vector, .. } = &mut h.ops[*i] {
+                            *vector = Some(v);
+                        }
+                    }
+                    self.prepare(&store, h.ticket, h.ops)
+                }
+                Err(e) => {
+                    let _ = self.tx.send((h.ticket, Err(StoreError::Embedding(e))));
+                    0
+                }
+            };
+            self.inflight_bytes = self.inflight_bytes - raw + bytes;
+            if let Some(p) = self.pending.get_mut(&h.ticket) {
+                p.1 = bytes;
+            }
+        }
+    }
+
+    /// Sends the gathered jobs to the writer (embedding the held ones first).
     pub(super) fn flush(&mut self) {
+        if !self.held.is_empty() {
+            self.embed_held();
+        }
         self.outbox.flush();
     }
 

@@ -19,6 +19,7 @@
 /// | 10   | `InvalidFilter`  | a JSON path, filter value or search text that cannot be used |
 /// | 11   | `FulltextOff`    | a full-text search while the full-text index is off       |
 /// | 12   | `InvalidVector`  | a vector of the wrong dimension, with NaN/inf, or all zero |
+/// | 13   | `Embedding`      | the embedding model failed on a record's text              |
 #[non_exhaustive]
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -74,6 +75,10 @@ pub enum StoreError {
     /// infinity, or all zeros (it has no direction).
     #[error("invalid vector: {0}")]
     InvalidVector(String),
+    /// The server's embedding model failed on a record's text (see
+    /// [`crate::embed`]); the record was not stored.
+    #[error("{0}")]
+    Embedding(String),
 }
 
 impl StoreError {
@@ -92,6 +97,7 @@ impl StoreError {
             StoreError::InvalidFilter(_) => 10,
             StoreError::FulltextOff => 11,
             StoreError::InvalidVector(_) => 12,
+            StoreError::Embedding(_) => 13,
         }
     }
 }

@@ -230,6 +230,16 @@ impl WriteOp {
         }
     }
 
+    /// Key, value and vector bytes of this op, before any validation.
+    pub fn raw_len(&self) -> usize {
+        match self {
+            WriteOp::Put {
+                key, value, vector, ..
+            } => key.len() + value.len() + vector.as_ref().map_or(0, |v| v.len() * 4),
+            WriteOp::Delete { key } => key.len(),
+        }
+    }
+
     /// Whether this op stores a vector.
     pub fn has_vector(&self) -> bool {
         matches!(

@@ -314,6 +314,7 @@ impl VectorIndex {
             pending: st.pending.len() as u64,
             rebuilds: st.rebuilds,
             last_rebuild_ms: st.last_rebuild_ms,
+            embedder: String::new(),
         }
     }
 
