@@ -30,6 +30,9 @@ def main():
     session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     tok = Tokenizer.from_file(tokenizer_path)
+    # Some tokenizer.json files pad every text to a fixed length: pad per batch here,
+    # as Ringbase does (the attention mask makes padding invisible to the pooling).
+    tok.no_padding()
     tok.enable_truncation(int(max_tokens))
 
     def embed(chunk):
