@@ -440,10 +440,11 @@ fn load_embedder(dir: &Path, fields: &[String], max_tokens: usize) -> Result<Aut
     let started = std::time::Instant::now();
     let model = OnnxEmbedder::load(dir, max_tokens).map_err(|e| e.to_string())?;
     eprintln!(
-        "ringbase: embedding model {} loaded in {} ms ({} dimensions)",
+        "ringbase: embedding model {} loaded in {} ms ({} dimensions, {} nodes computed at load)",
         model.name(),
         started.elapsed().as_millis(),
-        model.dim()
+        model.dim(),
+        model.folded_at_load()
     );
     Ok(AutoEmbed {
         embedder: Arc::new(model),

@@ -23,8 +23,8 @@ const WORDS: [&str; 8] = [
 const DIM: usize = WORDS.len() + 1;
 
 /// Writes `model.onnx` and `vocab.txt` into `dir`: `last_hidden_state[b, t] =
-/// E[input_ids[b, t]] * attention_mask[b, t] + token_type_ids[b, t]`, where `E` gives
-/// word `i` the unit vector `e_i` and `[CLS]` 0.25 `e_8`. Mean pooling then makes a
+/// E[input_ids[b, t]] * attention_mask[b, t] + token_type_ids[b, t]`, where `E` (int8
+/// times a scale per row) gives word `i` the unit vector `e_i` and `[CLS]` 0.25 `e_8`. Mean pooling then makes a
 /// text's vector the sum of its words' unit vectors (plus the `[CLS]` part), over its
 /// token count.
 fn write_model(dir: &Path) {
@@ -32,11 +32,17 @@ fn write_model(dir: &Path) {
     let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
     vocab.extend(WORDS);
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
-    let mut table = vec![0f32; vocab.len() * DIM];
-    table[2 * DIM + WORDS.len()] = 0.25;
+    // The table is int8 with a scale per row, dequantized in the graph (Cast, Mul)
+    // before the lookup, as in an int8-quantized BERT: the server folds that at load.
+    // More rows than the vocabulary (never looked up): large enough that tract's own
+    // optimizer would leave the dequantization to every run (over 4 MB as f32).
+    let rows = 120_000;
+    let mut table = vec![0i8; rows * DIM];
+    table[2 * DIM + WORDS.len()] = 1;
     for w in 0..WORDS.len() {
-        table[(4 + w) * DIM + w] = 1.0;
+        table[(4 + w) * DIM + w] = 4;
     }
+    let scale = vec![0.25f32; rows];
     let int64 = pb::tensor_proto::DataType::Int64 as i32;
     let float = pb::tensor_proto::DataType::Float as i32;
     let value_info = |name: &str, elem_type: i32, dims: &[&str]| pb::ValueInfoProto {
@@ -88,6 +94,8 @@ fn write_model(dir: &Path) {
     let graph = pb::GraphProto {
         name: "toy-sentence-embedding".into(),
         node: vec![
+            node("Cast", &["E_q"], "E_f", vec![int_attr("to", float as i64)]),
+            node("Mul", &["E_f", "E_scale"], "E", vec![]),
             node(
                 "Gather",
                 &["E", "input_ids"],
@@ -113,10 +121,17 @@ fn write_model(dir: &Path) {
         ],
         initializer: vec![
             pb::TensorProto {
-                name: "E".into(),
-                dims: vec![vocab.len() as i64, DIM as i64],
+                name: "E_q".into(),
+                dims: vec![rows as i64, DIM as i64],
+                data_type: pb::tensor_proto::DataType::Int8 as i32,
+                raw_data: table.iter().map(|&q| q as u8).collect(),
+                ..Default::default()
+            },
+            pb::TensorProto {
+                name: "E_scale".into(),
+                dims: vec![rows as i64, 1],
                 data_type: float,
-                float_data: table,
+                float_data: scale,
                 ..Default::default()
             },
             axes,
@@ -158,6 +173,8 @@ fn the_onnx_backend_tokenizes_runs_and_pools() {
     write_model(dir.path());
     let model = OnnxEmbedder::load(dir.path(), 256).unwrap();
     assert_eq!(model.dim(), DIM);
+    // The dequantization of the table (Cast, Mul) was computed at load.
+    assert!(model.folded_at_load() >= 2, "{}", model.folded_at_load());
     let texts = ["Red SWORD!", "blue shield", "red sword", "", "zzz unknown"];
     let v = model.embed(&texts).unwrap();
     assert_eq!(v.len(), texts.len());
