@@ -19,7 +19,8 @@
 //!  query,    subsystems, each doing the work of its requests: read-only SQL over
 //!  feed,       the records view; the change feed (a commit hook) that watchers read;
 //!  vectors,    the HNSW vector index (a commit hook); the embedding model that turns
-//!  embed       text into vectors (run by the writing client's session); sync to come
+//!  embed,      text into vectors (run by the writing client's session); replication
+//!  sync        (the CRDT merge and anti-entropy, so far as pure code)
 //!   │
 //!   ▼
 //!  store     records in SQLite, the group-commit writer, read connections, and the
@@ -42,6 +43,7 @@ pub mod lock;
 pub mod query;
 mod session;
 pub mod store;
+pub mod sync;
 pub mod vectors;
 
 pub use engine::Engine;
