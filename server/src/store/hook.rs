@@ -67,6 +67,20 @@ impl<'a> Commit<'a> {
                         updated_at_ms,
                         deleted: false,
                     },
+                    WriteOp::Merge(rv) => Change {
+                        seq: this,
+                        key: &rv.key,
+                        value: &rv.value,
+                        kind: rv.kind,
+                        vector: if rv.deleted {
+                            None
+                        } else {
+                            rv.vector.as_deref()
+                        },
+                        version,
+                        updated_at_ms: rv.updated_at_ms,
+                        deleted: rv.deleted,
+                    },
                     WriteOp::Delete { key } => Change {
                         seq: this,
                         key,

@@ -47,6 +47,7 @@ mod fulltext;
 mod hook;
 mod reader;
 mod schema;
+mod sync;
 mod vectors;
 mod walbuf;
 mod writer;
@@ -100,6 +101,8 @@ pub(crate) enum SchemaChange {
     DropIndex(JsonPath),
     /// Turn the full-text index on or off (result: whether that changed anything).
     SetFulltext(bool),
+    /// Create replication's index of records by writer (result: whether it was made).
+    SyncIndex,
 }
 
 /// A session's outbox of write jobs: jobs are gathered while the session works through
@@ -220,6 +223,40 @@ pub enum WriteOp {
         /// The key.
         key: String,
     },
+    /// Merge a version made by another replica (replication): it replaces the key's
+    /// current version (a record or a tombstone) only if its stamp `(hlc, replica)` is
+    /// greater, and keeps its own version (never re-stamped). The local clock advances
+    /// past its hlc. Its outcome has a version only if it was applied.
+    Merge(Box<RemoteVersion>),
+}
+
+/// A version of a record made by another replica, as [`WriteOp::Merge`] applies it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteVersion {
+    /// The key.
+    pub key: String,
+    /// The value (empty for a tombstone).
+    pub value: Vec<u8>,
+    /// The value's kind (for a tombstone, the kind of the record it removed).
+    pub kind: ValueKind,
+    /// A tombstone.
+    pub deleted: bool,
+    /// The record's vector, if it has one.
+    pub vector: Option<Vec<f32>>,
+    /// The version its writer gave it.
+    pub version: Version,
+    /// When its writer made it, unix milliseconds.
+    pub updated_at_ms: u64,
+}
+
+/// What a replica has delivered of one other replica's writes (replication's version
+/// vector, one row per replica): the sequence numbers, as inclusive intervals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// The other replica.
+    pub replica: ReplicaId,
+    /// Its delivered sequence numbers: sorted, disjoint inclusive intervals.
+    pub runs: Vec<(u64, u64)>,
 }
 
 impl WriteOp {
@@ -227,6 +264,7 @@ impl WriteOp {
     pub fn key(&self) -> &str {
         match self {
             WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+            WriteOp::Merge(v) => &v.key,
         }
     }
 
@@ -237,18 +275,19 @@ impl WriteOp {
                 key, value, vector, ..
             } => key.len() + value.len() + vector.as_ref().map_or(0, |v| v.len() * 4),
             WriteOp::Delete { key } => key.len(),
+            WriteOp::Merge(v) => {
+                v.key.len() + v.value.len() + v.vector.as_ref().map_or(0, |v| v.len() * 4)
+            }
         }
     }
 
     /// Whether this op stores a vector.
     pub fn has_vector(&self) -> bool {
-        matches!(
-            self,
-            WriteOp::Put {
-                vector: Some(_),
-                ..
-            }
-        )
+        match self {
+            WriteOp::Put { vector, .. } => vector.is_some(),
+            WriteOp::Merge(v) => v.vector.is_some(),
+            WriteOp::Delete { .. } => false,
+        }
     }
 }
 
@@ -314,6 +353,9 @@ pub struct Job {
     pub done: Completion,
     /// Sum of key and value lengths, for batch sizing.
     pub bytes: usize,
+    /// Replication: version-vector rows to store with the ops, in the same transaction
+    /// (each replaces that replica's rows).
+    pub coverage: Vec<Coverage>,
 }
 
 /// Where a job's completion `(ticket, result)` is sent. The writer calls `send`, so use
@@ -456,6 +498,7 @@ impl Store {
             ops,
             done,
             bytes,
+            coverage: Vec::new(),
         })
     }
 
@@ -503,6 +546,35 @@ impl Store {
 
     fn is_closed(&self) -> bool {
         self.tx.read().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// Replication: merges versions made by other replicas ([`WriteOp::Merge`]; other
+    /// ops are refused) and stores the version-vector rows `coverage`, in one
+    /// transaction, and waits for it. Each outcome has a version if its merge was
+    /// applied (its stamp beat the key's current version).
+    pub fn merge(
+        &self,
+        ops: Vec<WriteOp>,
+        coverage: Vec<Coverage>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if ops.iter().any(|op| !matches!(op, WriteOp::Merge(_))) {
+            return Err(StoreError::InvalidKind(0));
+        }
+        let (done, rx) = crossbeam_channel::bounded(1);
+        let bytes = validate(&ops, &self.opts, self.vector_dim())?;
+        if ops.is_empty() && coverage.is_empty() {
+            return Ok(Vec::new());
+        }
+        let job = Job {
+            ticket: 0,
+            ops,
+            done,
+            bytes,
+            coverage,
+        };
+        send_jobs(&self.tx, &self.shared.queued_bytes, vec![job])
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?.1
     }
 
     /// Submit a job and wait for its completion.
@@ -629,13 +701,17 @@ fn validate(ops: &[WriteOp], opts: &StoreOptions, dim: usize) -> Result<usize, S
         let key = op.key();
         validate_key(key, opts)?;
         bytes += key.len();
-        if let WriteOp::Put {
-            value,
-            kind,
-            vector,
-            ..
-        } = op
-        {
+        let fields = match op {
+            WriteOp::Put {
+                value,
+                kind,
+                vector,
+                ..
+            } => Some((value, kind, vector)),
+            WriteOp::Merge(v) if !v.deleted => Some((&v.value, &v.kind, &v.vector)),
+            _ => None,
+        };
+        if let Some((value, kind, vector)) = fields {
             if let Some(v) = vector {
                 check_vector(v, dim).map_err(|e| match e {
                     StoreError::InvalidVector(m) => {

@@ -182,7 +182,7 @@ impl Reader {
 }
 
 /// Decode a row selected as `COLS` (live rows only: `deleted` is false).
-fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
+pub(super) fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
     let kind_tag: i64 = row.get(2)?;
     let kind = u8::try_from(kind_tag)
         .ok()

@@ -59,6 +59,12 @@ const MIGRATIONS: &[&str] = &[
     // records' rows small for scans; the writer keeps it in step with `records` in the
     // same transaction (a put without a vector, or a delete, removes the key's row).
     "CREATE TABLE vectors(key TEXT NOT NULL PRIMARY KEY, vec BLOB NOT NULL) STRICT, WITHOUT ROWID;",
+    // v4: replication's version vector: for each other replica, the sequence numbers
+    // of its writes this replica has delivered, as inclusive intervals `lo..=hi`
+    // (this replica's own writes are `1..=meta.seq`, not stored here). Written by the
+    // writer in the transaction that merges the versions it covers.
+    "CREATE TABLE sync_vv(replica BLOB NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+        PRIMARY KEY(replica, lo)) STRICT, WITHOUT ROWID;",
 ];
 
 /// The newest schema version this build knows.

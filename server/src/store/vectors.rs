@@ -58,7 +58,7 @@ pub fn encode(v: &[f32]) -> Vec<u8> {
 
 /// A stored vector back as `f32`s into `out` (cleared first, its allocation reused);
 /// `Corrupt` if the blob is not a whole number of them.
-fn decode_into(key: &str, blob: &[u8], out: &mut Vec<f32>) -> Result<(), StoreError> {
+pub(super) fn decode_into(key: &str, blob: &[u8], out: &mut Vec<f32>) -> Result<(), StoreError> {
     if blob.is_empty() || !blob.len().is_multiple_of(4) {
         return Err(StoreError::Corrupt(format!(
             "the vector of {key:?} has {} bytes",

@@ -241,6 +241,20 @@ impl Writer {
     /// Makes a schema change in its own transaction; `Ok(changed)`.
     fn change_schema(&mut self, change: &SchemaChange) -> Result<bool, StoreError> {
         let (sql, path) = match change {
+            SchemaChange::SyncIndex => {
+                return self.in_transaction(|c| {
+                    let count = |c: &Connection| -> rusqlite::Result<i64> {
+                        c.query_row(
+                            "SELECT count(*) FROM sqlite_master WHERE name = 'records_by_writer'",
+                            [],
+                            |r| r.get(0),
+                        )
+                    };
+                    let before = count(c)?;
+                    c.execute_batch(super::sync::SYNC_INDEX)?;
+                    Ok(count(c)? != before)
+                });
+            }
             SchemaChange::SetFulltext(on) => {
                 let changed = self.in_transaction(|c| super::fulltext::set(c, *on))?;
                 self.fulltext = *on;
@@ -386,27 +400,33 @@ impl Writer {
         // Prepared once per transaction (not once per op): the statement cache hashes
         // the whole SQL text on every lookup.
         let mut st = Statements::prepare(&self.conn, self.fulltext).map_err(sql)?;
+        let hlc0 = self.hlc_high;
         let mut clock = VersionClock {
             now_ms,
             shared: &self.shared,
             seq: &mut self.seq,
             hlc_high: &mut self.hlc_high,
             vector_dim: &mut self.vector_dim,
+            merged: 0,
         };
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            let (seq, hlc, dim) = (*clock.seq, *clock.hlc_high, *clock.vector_dim);
+            let (seq, hlc, dim, merged) =
+                (*clock.seq, *clock.hlc_high, *clock.vector_dim, clock.merged);
             let n_tombstones = tombstone_kinds.len();
             // With the full-text index on, or vectors in the database, an op may be
             // several statements.
             let savepoint = job.ops.len() > 1
                 || st.fulltext.is_some()
                 || *clock.vector_dim != 0
+                || !job.coverage.is_empty()
                 || job.ops.iter().any(WriteOp::has_vector);
             if savepoint {
                 st.savepoint.execute([]).map_err(sql)?;
             }
-            match apply_ops(&mut st, &mut clock, &job.ops, tombstone_kinds) {
+            let applied = apply_ops(&mut st, &mut clock, &job.ops, tombstone_kinds)
+                .and_then(|outs| store_coverage(&mut st, &job.coverage).map(|()| outs));
+            match applied {
                 Ok(outs) => {
                     if savepoint {
                         st.release.execute([]).map_err(sql)?;
@@ -423,21 +443,26 @@ impl Writer {
                         st.release.execute([]).map_err(sql)?;
                     }
                     (*clock.seq, *clock.hlc_high, *clock.vector_dim) = (seq, hlc, dim);
+                    clock.merged = merged;
                     tombstone_kinds.truncate(n_tombstones);
                     results.push(Err(e));
                 }
             }
         }
-        // Every change (a put, or a delete that removed a live record) took one local
-        // sequence number, so this is the number of changes.
-        let changes = *clock.seq - seq0;
-        if changes > 0 {
+        // Every local change (a put, or a delete that removed a live record) took one
+        // local sequence number; every applied merge is a change too.
+        let changes = *clock.seq - seq0 + clock.merged;
+        if *clock.seq != seq0 {
             st.put_meta
                 .execute(params![META_SEQ, *clock.seq as i64])
                 .map_err(sql)?;
+        }
+        if *clock.hlc_high != hlc0 {
             st.put_meta
                 .execute(params![META_HLC, *clock.hlc_high as i64])
                 .map_err(sql)?;
+        }
+        if changes > 0 {
             st.put_meta
                 .execute(params![META_CHANGES, (self.changes + changes) as i64])
                 .map_err(sql)?;
@@ -471,6 +496,12 @@ struct Statements<'c> {
     put_vector: CachedStatement<'c>,
     /// Removes a key's vector, if it has one.
     delete_vector: CachedStatement<'c>,
+    /// Merges a remote version: inserts, or replaces the current version if the
+    /// remote stamp is greater; changes no row otherwise.
+    merge: CachedStatement<'c>,
+    /// Replication's version-vector rows of one replica: delete, insert.
+    delete_coverage: CachedStatement<'c>,
+    insert_coverage: CachedStatement<'c>,
     /// Upkeep of the full-text index, while it is on.
     fulltext: Option<super::fulltext::Maintain<'c>>,
 }
@@ -510,6 +541,19 @@ impl<'c> Statements<'c> {
                  ON CONFLICT(key) DO UPDATE SET vec = excluded.vec",
             )?,
             delete_vector: conn.prepare_cached("DELETE FROM vectors WHERE key = ?1")?,
+            merge: conn.prepare_cached(
+                "INSERT INTO records(key, value, kind, hlc, replica, seq, updated_at, deleted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+                   kind = excluded.kind, hlc = excluded.hlc, replica = excluded.replica,
+                   seq = excluded.seq, updated_at = excluded.updated_at,
+                   deleted = excluded.deleted
+                 WHERE excluded.hlc > records.hlc
+                    OR (excluded.hlc = records.hlc AND excluded.replica > records.replica)",
+            )?,
+            delete_coverage: conn.prepare_cached("DELETE FROM sync_vv WHERE replica = ?1")?,
+            insert_coverage: conn
+                .prepare_cached("INSERT INTO sync_vv(replica, lo, hi) VALUES (?1, ?2, ?3)")?,
         })
     }
 }
@@ -526,9 +570,19 @@ struct VersionClock<'a> {
     hlc_high: &'a mut u64,
     /// The database's vector dimension (0: none yet; the first vector sets it).
     vector_dim: &'a mut u64,
+    /// Remote versions merged (applied) so far in the transaction.
+    merged: u64,
 }
 
 impl VersionClock<'_> {
+    /// Advances the clock past a remote stamp, so later local writes win over it.
+    fn observe(&mut self, hlc: u64) {
+        self.shared.clock.observe(hlc);
+        if hlc <= super::clock::MAX_HLC {
+            *self.hlc_high = (*self.hlc_high).max(hlc);
+        }
+    }
+
     fn next(&mut self) -> Version {
         *self.seq += 1;
         let hlc = self.shared.clock.tick_at(self.now_ms);
@@ -642,7 +696,60 @@ fn apply_ops(
                     existed: true,
                 });
             }
+            WriteOp::Merge(rv) => {
+                clock.observe(rv.version.hlc);
+                let applied = st.merge.execute(params![
+                    rv.key,
+                    rv.value,
+                    rv.kind as u8,
+                    rv.version.hlc as i64,
+                    &rv.version.replica[..],
+                    rv.version.seq as i64,
+                    rv.updated_at_ms as i64,
+                    i64::from(rv.deleted),
+                ])? == 1;
+                if !applied {
+                    outs.push(WriteOutcome {
+                        version: None,
+                        existed: false,
+                    });
+                    continue;
+                }
+                match &rv.vector {
+                    Some(v) if !rv.deleted => {
+                        super::vectors::check_vector(v, *clock.vector_dim as usize)?;
+                        *clock.vector_dim = v.len() as u64;
+                        st.put_vector
+                            .execute(params![rv.key, super::vectors::encode(v)])?;
+                    }
+                    _ if *clock.vector_dim != 0 => {
+                        st.delete_vector.execute([&rv.key])?;
+                    }
+                    _ => {}
+                }
+                if let Some(ft) = st.fulltext.as_mut() {
+                    let json = !rv.deleted && rv.kind == ValueKind::Json;
+                    ft.update(&rv.key, json.then_some(rv.value.as_slice()))?;
+                }
+                clock.merged += 1;
+                outs.push(WriteOutcome {
+                    version: Some(rv.version),
+                    existed: false,
+                });
+            }
         }
     }
     Ok(outs)
+}
+
+/// Stores replication's version-vector rows of a job (inside its savepoint).
+fn store_coverage(st: &mut Statements<'_>, coverage: &[super::Coverage]) -> Result<(), StoreError> {
+    for c in coverage {
+        st.delete_coverage.execute([&c.replica[..]])?;
+        for &(lo, hi) in &c.runs {
+            st.insert_coverage
+                .execute(params![&c.replica[..], lo as i64, hi as i64])?;
+        }
+    }
+    Ok(())
 }

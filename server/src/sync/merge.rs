@@ -16,9 +16,8 @@
 //! observation. With it, a fast clock wins only over writes made within the drift of
 //! its time: once the others' wall clocks pass its stamps, their new writes win.
 
-use ringbase_protocol::message::ValueKind;
-
 use super::vv::ReplicaId;
+use crate::store::RemoteVersion;
 
 /// Default allowed drift of a remote stamp ahead of the local clock.
 pub const DEFAULT_MAX_DRIFT_MS: u64 = 60_000;
@@ -40,28 +39,33 @@ impl Stamp {
     }
 }
 
-/// One version of a record, as replicas exchange them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordVersion {
-    /// The key.
-    pub key: String,
-    /// The value and its kind; `None` for a tombstone (a delete).
-    pub value: Option<(Vec<u8>, ValueKind)>,
-    /// Its place in the order of versions.
-    pub stamp: Stamp,
-    /// The writer's sequence number: `(stamp.replica, seq)` names the write.
-    pub seq: u64,
-}
+/// One version of a record, as replicas exchange them: the store's
+/// [`RemoteVersion`] (key, value or tombstone, vector, and the version its writer gave
+/// it: `stamp = (hlc, replica)`, `origin = (replica, seq)`).
+pub type RecordVersion = RemoteVersion;
 
-impl RecordVersion {
-    /// Whether this version is a delete.
-    pub fn is_tombstone(&self) -> bool {
-        self.value.is_none()
+impl RemoteVersion {
+    /// Its place in the order of versions.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            hlc: self.version.hlc,
+            replica: self.version.replica,
+        }
+    }
+
+    /// Its writer's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.version.seq
+    }
+
+    /// Its writer.
+    pub fn origin(&self) -> ReplicaId {
+        self.version.replica
     }
 }
 
 /// Whether `incoming` replaces the current version (`None`: the key has none).
-pub fn wins(incoming: &Stamp, current: Option<&Stamp>) -> bool {
+pub fn wins(incoming: Stamp, current: Option<Stamp>) -> bool {
     current.is_none_or(|c| incoming > c)
 }
 
@@ -76,23 +80,32 @@ pub fn admissible(stamp: &Stamp, now_ms: u64, max_drift_ms: u64) -> bool {
 pub fn merge<'a>(
     versions: impl IntoIterator<Item = &'a RecordVersion>,
 ) -> Option<&'a RecordVersion> {
-    versions.into_iter().max_by_key(|v| v.stamp)
+    versions.into_iter().max_by_key(|v| v.stamp())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{ValueKind, Version};
     use proptest::prelude::*;
 
     fn version(hlc: u64, replica: u8, seq: u64, tombstone: bool) -> RecordVersion {
         RecordVersion {
             key: "k".into(),
-            value: (!tombstone).then(|| (vec![replica, seq as u8], ValueKind::Bytes)),
-            stamp: Stamp {
+            value: if tombstone {
+                Vec::new()
+            } else {
+                vec![replica, seq as u8]
+            },
+            kind: ValueKind::Bytes,
+            deleted: tombstone,
+            vector: None,
+            version: Version {
                 hlc,
                 replica: [replica; 16],
+                seq,
             },
-            seq,
+            updated_at_ms: 0,
         }
     }
 
@@ -110,7 +123,7 @@ mod tests {
     /// Folds versions one by one into a current version, as a replica applies them.
     fn apply_all(start: Option<RecordVersion>, vs: &[RecordVersion]) -> Option<RecordVersion> {
         vs.iter().fold(start, |cur, v| {
-            if wins(&v.stamp, cur.as_ref().map(|c| &c.stamp)) {
+            if wins(v.stamp(), cur.as_ref().map(|c| c.stamp())) {
                 Some(v.clone())
             } else {
                 cur
@@ -145,16 +158,16 @@ mod tests {
     fn greater_stamp_wins_deletes_included_ties_by_replica() {
         let put = version(10, 1, 1, false);
         let del = version(11, 1, 2, true);
-        assert!(wins(&del.stamp, Some(&put.stamp)));
+        assert!(wins(del.stamp(), Some(put.stamp())));
         // An old put arriving late never resurrects a delete.
-        assert!(!wins(&put.stamp, Some(&del.stamp)));
+        assert!(!wins(put.stamp(), Some(del.stamp())));
         // Equal hlc: the greater replica id wins, on every replica alike.
         let a = version(20, 1, 3, false);
         let b = version(20, 2, 1, false);
-        assert!(wins(&b.stamp, Some(&a.stamp)) && !wins(&a.stamp, Some(&b.stamp)));
+        assert!(wins(b.stamp(), Some(a.stamp())) && !wins(a.stamp(), Some(b.stamp())));
         // The same version again is not a change.
-        assert!(!wins(&a.stamp, Some(&a.stamp)));
-        assert!(wins(&a.stamp, None));
+        assert!(!wins(a.stamp(), Some(a.stamp())));
+        assert!(wins(a.stamp(), None));
     }
 
     #[test]

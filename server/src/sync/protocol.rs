@@ -31,6 +31,7 @@ use std::collections::HashMap;
 
 use super::merge::{admissible, RecordVersion};
 use super::vv::{ReplicaId, SeqSet, VersionVector};
+use crate::store::StoreError;
 
 /// What anti-entropy needs of a replica's storage.
 pub trait VersionStore {
@@ -41,19 +42,19 @@ pub trait VersionStore {
     /// The current versions (tombstones included) written by `origin` with a sequence
     /// number above `after`, ascending, at most `limit`.
     fn versions_by_origin(
-        &self,
+        &mut self,
         origin: &ReplicaId,
         after: u64,
         limit: usize,
-    ) -> Vec<RecordVersion>;
+    ) -> Result<Vec<RecordVersion>, StoreError>;
     /// In one transaction: stores each of `versions` that wins over the key's current
     /// version ([`super::merge::wins`]), advances the clock past each stamp, and makes
     /// `vv` the version vector.
-    fn apply(&mut self, versions: Vec<RecordVersion>, vv: VersionVector);
+    fn apply(&mut self, versions: Vec<RecordVersion>, vv: VersionVector) -> Result<(), StoreError>;
 }
 
 /// A message between two replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// The sender's version vector; `answer`: the sender wants a `Have` back even if
     /// the vectors are equal (it has not heard the receiver's yet).
@@ -107,14 +108,19 @@ const READ_BATCH: usize = 512;
 
 /// Bytes a version counts for in a page.
 fn version_bytes(v: &RecordVersion) -> usize {
-    v.key.len() + v.value.as_ref().map_or(0, |(b, _)| b.len()) + 48
+    v.key.len() + v.value.len() + v.vector.as_ref().map_or(0, |x| x.len() * 4) + 48
 }
 
-/// What a page was refused for (from a broken or hostile peer): nothing of it was
-/// applied.
+/// Why a message could not be handled: nothing of it was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad page from a peer: {0}")]
-pub struct BadPage(pub String);
+pub enum SyncError {
+    /// A page that contradicts itself (from a broken or hostile peer).
+    #[error("bad page from a peer: {0}")]
+    BadPage(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// One replica's side of anti-entropy with its peers.
 #[derive(Debug)]
@@ -209,18 +215,19 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
     ///
     /// # Errors
     ///
-    /// [`BadPage`] for a page that contradicts itself (a version of another writer or
-    /// outside its range): nothing of it is applied.
+    /// [`SyncError::BadPage`] for a page that contradicts itself (a version of another
+    /// writer or outside its range), [`SyncError::Store`] if storage fails: nothing of
+    /// the message is applied.
     pub fn receive(
         &mut self,
         peer: &P,
         msg: Message,
         store: &mut impl VersionStore,
         now_ms: u64,
-    ) -> Result<Vec<Message>, BadPage> {
+    ) -> Result<Vec<Message>, SyncError> {
         match msg {
             Message::Have { vv, answer } => {
-                let mut out = answer_have(store, &vv, self.config.max_page_bytes);
+                let mut out = answer_have(store, &vv, self.config.max_page_bytes)?;
                 let own = store.version_vector();
                 let st = self.peers.entry(peer.clone()).or_default();
                 // Ask for what we lack at once, the first time we hear of it (a `Have`
@@ -260,17 +267,17 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
                 if let Some(st) = self.peers.get_mut(peer) {
                     // The pusher has delivered its own write.
                     if let Some(k) = st.known.as_mut() {
-                        k.insert(v.stamp.replica, v.seq);
+                        k.insert(v.origin(), v.seq());
                     }
                 }
-                if vv.covers(&v.stamp.replica, v.seq)
-                    || !admissible(&v.stamp, now_ms, self.config.max_drift_ms)
+                if vv.covers(&v.origin(), v.seq())
+                    || !admissible(&v.stamp(), now_ms, self.config.max_drift_ms)
                 {
                     // A duplicate, or deferred: anti-entropy brings it again.
                     return Ok(Vec::new());
                 }
-                vv.insert(v.stamp.replica, v.seq);
-                store.apply(vec![v], vv);
+                vv.insert(v.origin(), v.seq());
+                store.apply(vec![v], vv)?;
                 Ok(Vec::new())
             }
         }
@@ -279,10 +286,10 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
 
 /// The pages of current versions that a replica with vector `theirs` lacks.
 pub fn answer_have(
-    store: &impl VersionStore,
+    store: &mut impl VersionStore,
     theirs: &VersionVector,
     max_page_bytes: usize,
-) -> Vec<Message> {
+) -> Result<Vec<Message>, StoreError> {
     let mine = store.version_vector();
     let empty = SeqSet::new();
     let mut out = Vec::new();
@@ -321,20 +328,20 @@ pub fn answer_have(
                 *after = upto;
             };
         loop {
-            let batch = store.versions_by_origin(origin, cursor, READ_BATCH);
+            let batch = store.versions_by_origin(origin, cursor, READ_BATCH)?;
             let full = batch.len() == READ_BATCH;
             for v in batch {
-                if lacks.contains(v.seq) {
-                    cursor = v.seq;
+                if lacks.contains(v.seq()) {
+                    cursor = v.seq();
                     continue;
                 }
                 let b = version_bytes(&v);
                 if !page.is_empty() && bytes + b > max_page_bytes {
                     // Close the page just before this version.
-                    emit(&mut after, v.seq - 1, &mut page, &mut out);
+                    emit(&mut after, v.seq() - 1, &mut page, &mut out);
                     bytes = 0;
                 }
-                cursor = v.seq;
+                cursor = v.seq();
                 bytes += b;
                 page.push(v);
             }
@@ -345,7 +352,7 @@ pub fn answer_have(
         let last = end.max(after);
         emit(&mut after, last, &mut page, &mut out);
     }
-    out
+    Ok(out)
 }
 
 /// Applies one page (see [`Message::Page`]).
@@ -359,25 +366,29 @@ fn apply_page(
     versions: Vec<RecordVersion>,
     now_ms: u64,
     config: &SyncConfig,
-) -> Result<(), BadPage> {
+) -> Result<(), SyncError> {
     if after > upto {
-        return Err(BadPage(format!("range ({after}, {upto}] is empty")));
+        return Err(SyncError::BadPage(format!(
+            "range ({after}, {upto}] is empty"
+        )));
     }
     let mut vv = store.version_vector();
     let mut apply = Vec::with_capacity(versions.len());
     let mut deferred = Vec::new();
     for v in versions {
-        if v.stamp.replica != origin || v.seq <= after || v.seq > upto || !covered.contains(v.seq) {
-            return Err(BadPage(format!(
+        let seq = v.seq();
+        if v.origin() != origin || seq <= after || seq > upto || !covered.contains(seq) {
+            return Err(SyncError::BadPage(format!(
                 "version {} of {:?} is outside the page of {origin:?} ({after}, {upto}]",
-                v.seq, v.stamp.replica
+                seq,
+                v.origin()
             )));
         }
-        if vv.covers(&origin, v.seq) {
+        if vv.covers(&origin, seq) {
             continue;
         }
-        if !admissible(&v.stamp, now_ms, config.max_drift_ms) {
-            deferred.push(v.seq);
+        if !admissible(&v.stamp(), now_ms, config.max_drift_ms) {
+            deferred.push(seq);
             continue;
         }
         apply.push(v);
@@ -387,6 +398,6 @@ fn apply_page(
     for seq in deferred {
         entry.remove(seq);
     }
-    store.apply(apply, vv);
+    store.apply(apply, vv)?;
     Ok(())
 }

@@ -13,10 +13,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringbase_protocol::message::ValueKind;
 
-use super::merge::{wins, RecordVersion, Stamp};
+use super::merge::{wins, RecordVersion};
 use super::protocol::{Message, Replica, SyncConfig, VersionStore};
 use super::vv::{ReplicaId, VersionVector};
-use crate::store::Hlc;
+use crate::store::{Hlc, StoreError, Version};
 
 /// A replica's storage, in memory.
 #[derive(Debug)]
@@ -44,15 +44,19 @@ impl MemStore {
         self.next_seq += 1;
         let v = RecordVersion {
             key: key.to_string(),
-            value: value.map(|b| (b, ValueKind::Bytes)),
-            stamp: Stamp {
+            deleted: value.is_none(),
+            value: value.unwrap_or_default(),
+            kind: ValueKind::Bytes,
+            vector: None,
+            version: Version {
                 hlc: self.hlc.tick_at(now_ms),
                 replica: self.id,
+                seq: self.next_seq,
             },
-            seq: self.next_seq,
+            updated_at_ms: now_ms,
         };
         self.records.insert(v.key.clone(), v.clone());
-        self.vv.insert(self.id, v.seq);
+        self.vv.insert(self.id, v.seq());
         v
     }
 }
@@ -67,30 +71,31 @@ impl VersionStore for MemStore {
     }
 
     fn versions_by_origin(
-        &self,
+        &mut self,
         origin: &ReplicaId,
         after: u64,
         limit: usize,
-    ) -> Vec<RecordVersion> {
+    ) -> Result<Vec<RecordVersion>, StoreError> {
         let mut vs: Vec<RecordVersion> = self
             .records
             .values()
-            .filter(|v| &v.stamp.replica == origin && v.seq > after)
+            .filter(|v| &v.origin() == origin && v.seq() > after)
             .cloned()
             .collect();
-        vs.sort_by_key(|v| v.seq);
+        vs.sort_by_key(|v| v.seq());
         vs.truncate(limit);
-        vs
+        Ok(vs)
     }
 
-    fn apply(&mut self, versions: Vec<RecordVersion>, vv: VersionVector) {
+    fn apply(&mut self, versions: Vec<RecordVersion>, vv: VersionVector) -> Result<(), StoreError> {
         for v in versions {
-            self.hlc.observe(v.stamp.hlc);
-            if wins(&v.stamp, self.records.get(&v.key).map(|c| &c.stamp)) {
+            self.hlc.observe(v.version.hlc);
+            if wins(v.stamp(), self.records.get(&v.key).map(|c| c.stamp())) {
                 self.records.insert(v.key.clone(), v);
             }
         }
         self.vv = vv;
+        Ok(())
     }
 }
 
@@ -196,9 +201,9 @@ impl Sim {
         let v = self.nodes[i].store.write(&key, value, now);
         // A local clock is never dragged past the drift by what it observed.
         assert!(
-            v.stamp.millis() <= now + self.config.max_drift_ms,
+            v.stamp().millis() <= now + self.config.max_drift_ms,
             "node {i} stamped {} at wall {now}",
-            v.stamp.millis()
+            v.stamp().millis()
         );
         self.log.push(v.clone());
         for (to, m) in self.nodes[i].proto.local_write(&v) {
@@ -254,7 +259,7 @@ impl Sim {
     fn reference(&self) -> BTreeMap<String, RecordVersion> {
         let mut m: BTreeMap<String, RecordVersion> = BTreeMap::new();
         for v in &self.log {
-            if wins(&v.stamp, m.get(&v.key).map(|c| &c.stamp)) {
+            if wins(v.stamp(), m.get(&v.key).map(|c| c.stamp())) {
                 m.insert(v.key.clone(), v.clone());
             }
         }
@@ -414,7 +419,7 @@ fn a_late_put_never_resurrects_a_delete_and_a_fast_clock_does_not_win_forever() 
     sim.cut.clear();
     settle(&mut sim, 100);
     for n in &sim.nodes {
-        assert!(n.store.records["a"].is_tombstone(), "{:?}", n.store.records);
+        assert!(n.store.records["a"].deleted, "{:?}", n.store.records);
     }
 
     // The fast node writes "b"; node 0 writes "b" ten seconds later (true time): the
@@ -424,20 +429,17 @@ fn a_late_put_never_resurrects_a_delete_and_a_fast_clock_does_not_win_forever() 
     sim.write_key(0, "b", 2);
     settle(&mut sim, 100);
     // Deferred at node 0 and 2: they keep their own view for now.
-    assert_eq!(
-        sim.nodes[0].store.records["b"].value.as_ref().unwrap().0,
-        vec![2]
-    );
+    assert_eq!(sim.nodes[0].store.records["b"].value, vec![2]);
     // An hour later everyone has admitted it: within the skew, the fast clock wins.
     settle(&mut sim, 80_000);
     for n in &sim.nodes {
-        assert_eq!(n.store.records["b"].value.as_ref().unwrap().0, vec![1]);
+        assert_eq!(n.store.records["b"].value, vec![1]);
     }
     // But not forever: a write made after the fast clock's time wins everywhere.
     sim.write_key(2, "b", 3);
     settle(&mut sim, 100);
     for n in &sim.nodes {
-        assert_eq!(n.store.records["b"].value.as_ref().unwrap().0, vec![3]);
+        assert_eq!(n.store.records["b"].value, vec![3]);
     }
     assert!(sim.converged());
 }
