@@ -11,7 +11,8 @@
 //! * [`futex`]: the process-shared futex wrapper the rings sleep on;
 //! * [`handshake`]: the fixed-layout hello/welcome exchanged over the control socket;
 //! * [`message`]: the rkyv request/response types carried in frames;
-//! * [`paths`]: where a server named `NAME` keeps its socket and lock file.
+//! * [`paths`]: where a server named `NAME` keeps its socket and lock file;
+//! * [`sync`]: the replication messages servers send each other.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -26,6 +27,9 @@ pub mod paths;
 pub mod ring;
 #[cfg(unix)]
 pub mod segment;
+// rkyv's derive generates resolver enums without docs; every item written here is documented.
+#[allow(missing_docs)]
+pub mod sync;
 
 /// Version of the protocol spoken over the control socket and in the segment. A client
 /// and a server with different versions refuse each other with a clear error.
