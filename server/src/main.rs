@@ -10,6 +10,8 @@ use ringbase_server::embed::{AutoEmbed, Embedder, TextFields};
 use ringbase_server::engine::EngineConfig;
 use ringbase_server::feed::FeedLimits;
 use ringbase_server::store::JsonPath;
+use ringbase_server::sync::net::SyncOptions;
+use ringbase_server::sync::protocol::SyncConfig;
 use ringbase_server::vectors::{GraphParams, VectorConfig};
 use ringbase_server::{Engine, Server, ServerConfig};
 
@@ -86,6 +88,25 @@ enum Cmd {
         /// Most tokens of a text the embedding model reads (2 to 512).
         #[arg(long, default_value_t = ringbase_server::embed::onnx::DEFAULT_MAX_TOKENS, requires = "embed_model")]
         embed_max_tokens: usize,
+        /// Replication with other servers: `disabled` (no network activity at all) or
+        /// `peers` (the servers given with --peer, over TCP + a private network keyed
+        /// by the database secret + Noise + Yamux). `lan` (mDNS), `dht` (Kademlia) and
+        /// `relay` are not available yet.
+        #[arg(long, default_value = "disabled", value_parser = ["disabled", "peers", "lan", "dht", "relay"])]
+        sync: String,
+        /// The database id, shared by every replica (with --sync).
+        #[arg(long)]
+        db_id: Option<String>,
+        /// A file holding the database secret (at least 16 bytes), shared by every
+        /// replica (with --sync). Keep it private: it admits a server to the network.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Where replication listens, e.g. /ip4/0.0.0.0/tcp/4801 (repeatable).
+        #[arg(long = "listen")]
+        listen: Vec<String>,
+        /// A server to replicate with, e.g. /ip4/192.168.1.7/tcp/4801 (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
     },
     /// Check that a server is up and measure one round trip.
     Ping {
@@ -285,7 +306,19 @@ fn main() -> ExitCode {
             embed_model,
             embed_fields,
             embed_max_tokens,
+            sync,
+            db_id,
+            secret_file,
+            listen,
+            peers,
         } => {
+            let sync = match sync_options(&sync, db_id, secret_file, &listen, &peers) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ringbase: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let embed = match embed_model {
                 None => None,
                 Some(dir) => match load_embedder(&dir, &embed_fields, embed_max_tokens) {
@@ -311,6 +344,7 @@ fn main() -> ExitCode {
                     ..VectorConfig::default()
                 },
                 embed,
+                sync,
             };
             serve(name, data_dir, max_sessions, allow_uids, config)
         }
@@ -422,6 +456,51 @@ fn default_data_dir(name: &str) -> PathBuf {
         return PathBuf::from(h).join(".local/share/ringbase").join(name);
     }
     PathBuf::from("ringbase-data").join(name)
+}
+
+/// The replication settings of `serve`'s flags (`None`: disabled).
+fn sync_options(
+    mode: &str,
+    db_id: Option<String>,
+    secret_file: Option<PathBuf>,
+    listen: &[String],
+    peers: &[String],
+) -> Result<Option<SyncOptions>, String> {
+    match mode {
+        "disabled" => {
+            if db_id.is_some() || secret_file.is_some() || !listen.is_empty() || !peers.is_empty() {
+                return Err("--db-id, --secret-file, --listen and --peer need --sync peers".into());
+            }
+            return Ok(None);
+        }
+        "peers" => {}
+        other => {
+            return Err(format!(
+                "--sync {other} is not available yet: use --sync peers with --peer ADDRESS"
+            ))
+        }
+    }
+    let db_id = db_id.ok_or("--sync needs --db-id")?;
+    let path = secret_file.ok_or("--sync needs --secret-file")?;
+    let secret = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let secret = secret.trim_ascii_end().to_vec();
+    let addr = |a: &String, flag: &str| {
+        a.parse::<libp2p::Multiaddr>()
+            .map_err(|e| format!("{flag} {a:?}: {e} (write it like /ip4/127.0.0.1/tcp/4801)"))
+    };
+    Ok(Some(SyncOptions {
+        db_id,
+        secret,
+        listen: listen
+            .iter()
+            .map(|a| addr(a, "--listen"))
+            .collect::<Result<_, _>>()?,
+        peers: peers
+            .iter()
+            .map(|a| addr(a, "--peer"))
+            .collect::<Result<_, _>>()?,
+        config: SyncConfig::default(),
+    }))
 }
 
 /// The embedding model in `dir`, reading `fields` of each record (all strings if

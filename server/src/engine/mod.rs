@@ -40,6 +40,7 @@ use crate::embed::AutoEmbed;
 use crate::feed::{Feed, FeedLimits};
 use crate::lock::{LockError, LockFile};
 use crate::store::{Reader, Store, StoreError, StoreOptions};
+use crate::sync::net::{LocalWrites, SyncHandle, SyncOptions};
 use crate::vectors::{VectorConfig, VectorIndex};
 
 pub use writes::{MAX_QUEUED_WRITE_BYTES, MAX_SESSION_INFLIGHT_BYTES};
@@ -68,6 +69,8 @@ pub struct EngineConfig {
     /// The embedding model that gives JSON puts their vectors and answers SearchText
     /// (none: puts store only the vectors clients send; SearchText is refused).
     pub embed: Option<AutoEmbed>,
+    /// Replication with other servers (none: no network activity at all).
+    pub sync: Option<SyncOptions>,
 }
 
 /// Called by the engine when a client's watch has new changes (the client's transport
@@ -90,6 +93,8 @@ pub struct Engine {
     feed: Arc<Feed>,
     vectors: Arc<VectorIndex>,
     embed: Option<AutoEmbed>,
+    /// The sync engine, while replication runs.
+    sync: std::sync::Mutex<Option<SyncHandle>>,
     data_dir: PathBuf,
     started: Instant,
     /// Held for the engine's life: one server per data dir (two writers would reuse
@@ -119,7 +124,12 @@ impl Engine {
         // Subsystems that follow committed writes register their commit hooks here.
         let feed = Arc::new(Feed::new(config.feed));
         let vectors = VectorIndex::new(config.vectors);
-        let hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![feed.clone(), vectors.clone()];
+        let mut hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![feed.clone(), vectors.clone()];
+        let local_writes = config.sync.as_ref().map(|_| {
+            let (hook, rx) = LocalWrites::new();
+            hooks.push(hook.clone());
+            (hook, rx)
+        });
         let store = Arc::new(
             Store::open_with_hooks(
                 &data_dir,
@@ -146,11 +156,26 @@ impl Engine {
         vectors
             .start(Arc::clone(&store))
             .map_err(|e| format!("starting the vector index: {e}"))?;
+        let sync = match (config.sync, local_writes) {
+            (Some(opts), Some((hook, rx))) => {
+                hook.set_own(store.replica_id());
+                match crate::sync::net::start(Arc::clone(&store), opts, rx) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        vectors.stop();
+                        store.shutdown();
+                        return Err(format!("starting replication: {e}"));
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(Engine {
             store,
             feed,
             vectors,
             embed: config.embed,
+            sync: std::sync::Mutex::new(sync),
             data_dir,
             started: Instant::now(),
             _lock: lock,
@@ -167,8 +192,12 @@ impl Engine {
         &self.data_dir
     }
 
-    /// Stops the vector index, drains queued writes, checkpoints and closes storage.
+    /// Stops replication and the vector index, drains queued writes, checkpoints and
+    /// closes storage.
     pub fn shutdown(&self) {
+        if let Some(mut s) = self.sync.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            s.stop();
+        }
         self.vectors.stop();
         self.store.shutdown();
     }

@@ -66,7 +66,7 @@ pub use changes::{
     ChangeBatch, ChangeEvent, ChangeSubscription, DEFAULT_SUBSCRIPTION_CAPACITY,
     DEFAULT_SUBSCRIPTION_MAX_BYTES,
 };
-pub use clock::{Hlc, MAX_HLC};
+pub use clock::{now_ms, Hlc, MAX_HLC};
 pub use error::StoreError;
 pub use fields::{FieldFilter, JsonPath, MAX_PATH_LEN};
 pub use fulltext::{DEFAULT_HITS, MAX_HITS};

@@ -21,8 +21,10 @@
 //! collection, the CLI and status.
 
 pub mod merge;
+pub mod net;
 pub mod protocol;
 #[cfg(test)]
 mod sim;
 pub mod sqlite;
 pub mod vv;
+pub mod wire;

@@ -1,0 +1,249 @@
+//! Replication between real `ringbase serve` processes on 127.0.0.1 over libp2p
+//! (TCP, private network, Noise, Yamux), with explicit peers: concurrent writers on
+//! each server converge; a server stopped while the others write catches up when it
+//! restarts; values larger than a sync page travel in split pages; a server with
+//! another secret never connects and receives nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use ringbase_client::{Client, Version};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn addr(port: u16) -> String {
+    format!("/ip4/127.0.0.1/tcp/{port}")
+}
+
+/// Starts server `i` of a replicated database: listening on `ports[i]`, peering with
+/// every other port.
+fn start(rt: &Path, i: usize, ports: &[u16], secret: &Path) -> ServerProc {
+    let mut args: Vec<String> = vec![
+        "--sync".into(),
+        "peers".into(),
+        "--db-id".into(),
+        "sync-test".into(),
+        "--secret-file".into(),
+        secret.display().to_string(),
+        "--listen".into(),
+        addr(ports[i]),
+    ];
+    for (j, &p) in ports.iter().enumerate() {
+        if j != i {
+            args.push("--peer".into());
+            args.push(addr(p));
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProc::start(
+        &rt.join(format!("run{i}")),
+        &rt.join(format!("data{i}")),
+        &format!("sync{i}"),
+        &args,
+    )
+}
+
+/// Every live record of a server: key, value and version, in key order.
+fn digest(c: &mut Client) -> Vec<(String, Vec<u8>, Version)> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = c.list("", after.as_deref(), 1000).unwrap();
+        for r in &page.records {
+            out.push((r.key.clone(), r.value.clone(), r.version));
+        }
+        match page.records.last() {
+            Some(last) if page.more => after = Some(last.key.clone()),
+            _ => return out,
+        }
+    }
+}
+
+fn converged(clients: &mut [Client]) -> bool {
+    let first = digest(&mut clients[0]);
+    clients[1..].iter_mut().all(|c| digest(c) == first)
+}
+
+/// `n` writes on `c`: puts and deletes of keys `k0..k39`, tagged with `tag`.
+fn write_some(c: &mut Client, tag: &str, n: u32, seed: u32) {
+    for i in 0..n {
+        let k = format!("k{}", (i * 7 + seed * 13) % 40);
+        if (i + seed).is_multiple_of(5) {
+            c.delete(&k).unwrap();
+        } else {
+            c.put_json(&k, &format!("{{\"by\":\"{tag}\",\"i\":{i}}}"))
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn three_servers_converge_through_writes_a_stop_and_a_restart() {
+    let rt = TempDir::new("sync3");
+    let secret = rt.path().join("secret");
+    std::fs::write(&secret, "a shared secret of the sync test\n").unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<ServerProc> = (0..3)
+        .map(|i| start(rt.path(), i, &ports, &secret))
+        .collect();
+
+    // Concurrent writers on every server.
+    let writers: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let opts = s.options();
+            std::thread::spawn(move || {
+                let mut c = Client::connect_with(opts).unwrap();
+                write_some(&mut c, &format!("s{i}"), 150, i as u32);
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // Values larger than a sync page (256 KiB) travel in pages of their own.
+    let big = format!("\"{}\"", "x".repeat(300 << 10));
+    let mut c0 = servers[0].connect();
+    for i in 0..3 {
+        c0.put_json(&format!("big{i}"), &big).unwrap();
+    }
+    drop(c0);
+    let mut clients: Vec<Client> = servers.iter().map(ServerProc::connect).collect();
+    assert!(
+        eventually(Duration::from_secs(60), || converged(&mut clients)),
+        "not converged: {:?}",
+        clients
+            .iter_mut()
+            .map(|c| digest(c).len())
+            .collect::<Vec<_>>()
+    );
+    assert!(digest(&mut clients[0]).len() > 10);
+
+    // Stop server 2; both others write; restart it: it catches up with what they
+    // wrote meanwhile, and its new writes reach them.
+    drop(clients);
+    servers[2].terminate();
+    let mut a = servers[0].connect();
+    let mut b = servers[1].connect();
+    write_some(&mut a, "a-while-2-down", 60, 5);
+    write_some(&mut b, "b-while-2-down", 60, 6);
+    a.put_json("down-a", "1").unwrap();
+    b.put_json("down-b", "2").unwrap();
+    drop((a, b));
+    let s2 = servers.pop().unwrap().restart();
+    servers.push(s2);
+    let mut c2 = servers[2].connect();
+    write_some(&mut c2, "2-after-restart", 30, 7);
+    drop(c2);
+    let mut clients: Vec<Client> = servers.iter().map(ServerProc::connect).collect();
+    assert!(
+        eventually(Duration::from_secs(60), || converged(&mut clients)),
+        "not converged after the restart"
+    );
+    assert_eq!(clients[2].get("down-a").unwrap().unwrap().value, b"1");
+    assert_eq!(clients[2].get("down-b").unwrap().unwrap().value, b"2");
+}
+
+#[test]
+fn a_server_with_another_secret_never_connects() {
+    let rt = TempDir::new("sync-secret");
+    let good = rt.path().join("good");
+    let bad = rt.path().join("bad");
+    std::fs::write(&good, "the right secret, 32 bytes long!").unwrap();
+    std::fs::write(&bad, "the wrong secret, 32 bytes long!").unwrap();
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let s0 = start(rt.path(), 0, &ports, &good);
+    let s1 = start(rt.path(), 1, &ports, &bad);
+    let mut c0 = s0.connect();
+    let mut c1 = s1.connect();
+    c0.put_json("from-good", "1").unwrap();
+    c1.put_json("from-bad", "1").unwrap();
+    // Long enough for several dial attempts and anti-entropy rounds.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(c0.get("from-bad").unwrap().is_none());
+    assert!(c1.get("from-good").unwrap().is_none());
+    // Same secret, other database id: also apart (the key is derived from both).
+    let s2 = {
+        let args = [
+            "--sync",
+            "peers",
+            "--db-id",
+            "another-db",
+            "--secret-file",
+            good.to_str().unwrap(),
+            "--listen",
+            &addr(free_port()),
+            "--peer",
+            &addr(ports[0]),
+        ];
+        ServerProc::start(
+            &rt.path().join("run2"),
+            &rt.path().join("data2"),
+            "sync-other",
+            &args,
+        )
+    };
+    s2.connect().put_json("from-other-db", "1").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(c0.get("from-other-db").unwrap().is_none());
+    assert!(s2.connect().get("from-good").unwrap().is_none());
+}
+
+#[test]
+fn sync_flags_are_checked() {
+    let rt = TempDir::new("sync-flags");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(ringbase_bin())
+            .args(["serve", "--name", "sync-flags", "--data-dir"])
+            .arg(rt.path().join("data"))
+            .args(args)
+            .env("RINGBASE_RUNTIME_DIR", rt.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--peer", "/ip4/127.0.0.1/tcp/1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--sync peers"), "{err}");
+    let (code, err) = run(&["--sync", "dht", "--db-id", "x"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not available yet"), "{err}");
+    let short = rt.path().join("short");
+    std::fs::write(&short, "too short").unwrap();
+    let (code, err) = run(&[
+        "--sync",
+        "peers",
+        "--db-id",
+        "x",
+        "--secret-file",
+        short.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("at least 16"), "{err}");
+    let (code, err) = run(&[
+        "--sync",
+        "peers",
+        "--db-id",
+        "x",
+        "--secret-file",
+        short.to_str().unwrap(),
+        "--peer",
+        "nonsense",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--peer"), "{err}");
+}
