@@ -47,6 +47,9 @@ class StatusInfo(ctypes.Structure):
         ("vector_last_rebuild_ms", c_uint64),
         ("vector_ready", c_int),
         ("vector_embedder", c_char_p),
+        ("sync_enabled", c_int),
+        ("sync_peers", c_uint32),
+        ("sync_behind", c_uint64),
     ]
 
 

@@ -488,6 +488,18 @@ typedef struct ringbase_status_info {
    * `data_dir`.
    */
   const char *vector_embedder;
+  /**
+   * 1 if the server replicates with other servers (`serve --sync`), else 0.
+   */
+  int sync_enabled;
+  /**
+   * Replication peers connected now.
+   */
+  uint32_t sync_peers;
+  /**
+   * The most writes any connected peer lacks of this server's (0: all up to date).
+   */
+  uint64_t sync_behind;
 } ringbase_status_info;
 
 /**

@@ -601,6 +601,12 @@ pub struct ringbase_status_info {
     /// and answers `ringbase_search_text`; "" if it has none. Belongs to `c`, like
     /// `data_dir`.
     pub vector_embedder: *const c_char,
+    /// 1 if the server replicates with other servers (`serve --sync`), else 0.
+    pub sync_enabled: c_int,
+    /// Replication peers connected now.
+    pub sync_peers: u32,
+    /// The most writes any connected peer lacks of this server's (0: all up to date).
+    pub sync_behind: u64,
 }
 
 /// Fills `*info` with the server's status.
@@ -648,6 +654,13 @@ pub unsafe extern "C" fn ringbase_status(
             vector_last_rebuild_ms: s.vectors.last_rebuild_ms,
             vector_ready: c_int::from(s.vectors.ready),
             vector_embedder: st.out_embedder.as_ptr(),
+            sync_enabled: c_int::from(s.sync.is_some()),
+            sync_peers: s.sync.as_ref().map_or(0, |y| y.peers.len() as u32),
+            sync_behind: s
+                .sync
+                .as_ref()
+                .and_then(|y| y.peers.iter().map(|p| p.behind).max())
+                .unwrap_or(0),
         })
     };
     // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's

@@ -440,6 +440,39 @@ pub struct StatusInfo {
     pub fulltext: bool,
     /// The vector index.
     pub vectors: VectorStatus,
+    /// Replication (`None`: off, no network activity).
+    pub sync: Option<SyncStatusInfo>,
+}
+
+/// Replication, as Status reports it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct SyncStatusInfo {
+    /// The database id.
+    pub db_id: String,
+    /// Addresses replication listens on.
+    pub listening: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// Messages from peers that could not be used (undecodable, or a bad page).
+    pub bad_messages: u64,
+    /// The last replication error ("" if none).
+    pub last_error: String,
+}
+
+/// A connected peer, as Status reports it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct PeerStatus {
+    /// Its libp2p peer id.
+    pub peer: String,
+    /// Writes this server has that the peer lacks, by the peer's version vector as
+    /// last heard (0: it is up to date).
+    pub behind: u64,
+    /// Writes the peer has that this server lacks.
+    pub ahead: u64,
+    /// The peer's version vector as last heard (empty before its first).
+    pub vv: Vec<crate::sync::Runs>,
 }
 
 /// Stable error codes carried by [`Response::Error`].

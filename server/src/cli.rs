@@ -379,6 +379,21 @@ pub fn status(name: &str) -> ExitCode {
                     "ready": s.vectors.ready,
                     "embedder": s.vectors.embedder,
                 },
+                "sync": s.sync.as_ref().map(|y| json!({
+                    "db_id": y.db_id,
+                    "listening": y.listening,
+                    "bad_messages": y.bad_messages,
+                    "last_error": y.last_error,
+                    "peers": y.peers.iter().map(|p| json!({
+                        "peer": p.peer,
+                        "behind": p.behind,
+                        "ahead": p.ahead,
+                        "vv": p.vv.iter().map(|r| json!({
+                            "replica": hex(&r.replica),
+                            "runs": r.runs,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })),
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             ExitCode::SUCCESS

@@ -151,6 +151,25 @@ fn three_servers_converge_through_writes_a_stop_and_a_restart() {
         eventually(Duration::from_secs(60), || converged(&mut clients)),
         "not converged after the restart"
     );
+    // Status: each server sees the two others, none of them behind once every
+    // version vector has been heard again (every second while they differ).
+    assert!(
+        eventually(Duration::from_secs(30), || clients.iter_mut().all(|c| {
+            let st = c.status().unwrap().sync.expect("sync status");
+            st.db_id == "sync-test"
+                && st.peers.len() == 2
+                && st
+                    .peers
+                    .iter()
+                    .all(|p| p.behind == 0 && p.ahead == 0 && !p.vv.is_empty())
+        })),
+        "{:?}",
+        clients[0].status().unwrap().sync
+    );
+    let (code, out, _) = servers[0].cli(&["status"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sync"]["peers"].as_array().unwrap().len(), 2, "{out}");
     assert_eq!(clients[2].get("down-a").unwrap().unwrap().value, b"1");
     assert_eq!(clients[2].get("down-b").unwrap().unwrap().value, b"2");
 }
@@ -173,6 +192,7 @@ fn a_server_with_another_secret_never_connects() {
     std::thread::sleep(Duration::from_secs(5));
     assert!(c0.get("from-bad").unwrap().is_none());
     assert!(c1.get("from-good").unwrap().is_none());
+    assert!(c0.status().unwrap().sync.unwrap().peers.is_empty());
     // Same secret, other database id: also apart (the key is derived from both).
     let s2 = {
         let args = [

@@ -273,6 +273,8 @@ static void test_vectors(ringbase_client *c) {
     CHECK(info.vector_dim == 4 && info.vectors == 48);
     /* Text search needs the server's embedding model: this server has none. */
     CHECK(info.vector_embedder != NULL && info.vector_embedder[0] == '\0');
+    /* Nor does it replicate. */
+    CHECK(info.sync_enabled == 0 && info.sync_peers == 0 && info.sync_behind == 0);
     nb = (ringbase_neighbors *)&nb; /* must be overwritten with NULL */
     CHECK_RC(ringbase_search_text(c, K("red sword"), NULL, &nb), RINGBASE_E_NO_EMBEDDER);
     CHECK(nb == NULL);

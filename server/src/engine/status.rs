@@ -30,5 +30,11 @@ pub(super) fn status(engine: &Engine, c: &mut ClientState) -> Result<Response, S
                 .map_or_else(String::new, |e| e.embedder.name().to_string()),
             ..engine.vectors.status(store.vector_dim())
         },
+        sync: engine
+            .sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.status()),
     })))
 }

@@ -27,11 +27,13 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
-use ringbase_protocol::sync::{decode_sync, encode_sync, MAX_SYNC_MESSAGE};
+use ringbase_protocol::message::{PeerStatus, SyncStatusInfo};
+use ringbase_protocol::sync::{decode_sync, encode_sync, Runs, MAX_SYNC_MESSAGE};
 
 use super::merge::RecordVersion;
-use super::protocol::{Message, Replica, SyncConfig};
+use super::protocol::{Message, Replica, SyncConfig, VersionStore};
 use super::sqlite::SqliteVersionStore;
+use super::vv::VersionVector;
 use super::wire::{from_wire, to_wire};
 use crate::store::{Commit, CommitHook, RemoteVersion, ReplicaId, Store};
 
@@ -138,24 +140,11 @@ impl CommitHook for LocalWrites {
     }
 }
 
-/// What the sync engine reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncStatus {
-    /// Addresses it listens on.
-    pub listening: Vec<String>,
-    /// Connected peers.
-    pub peers: Vec<String>,
-    /// Messages received that could not be used (undecodable, or a bad page).
-    pub bad_messages: u64,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-}
-
 /// The running sync engine.
 pub struct SyncHandle {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    status: Arc<Mutex<SyncStatus>>,
+    status: Arc<Mutex<SyncStatusInfo>>,
 }
 
 impl std::fmt::Debug for SyncHandle {
@@ -166,7 +155,7 @@ impl std::fmt::Debug for SyncHandle {
 
 impl SyncHandle {
     /// A copy of the engine's status.
-    pub fn status(&self) -> SyncStatus {
+    pub fn status(&self) -> SyncStatusInfo {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -279,7 +268,10 @@ pub fn start(
         }
         swarm
     };
-    let status = Arc::new(Mutex::new(SyncStatus::default()));
+    let status = Arc::new(Mutex::new(SyncStatusInfo {
+        db_id: opts.db_id.clone(),
+        ..SyncStatusInfo::default()
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (status, stop) = (Arc::clone(&status), Arc::clone(&stop));
@@ -339,7 +331,7 @@ async fn run(
     mut vs: SqliteVersionStore,
     opts: SyncOptions,
     mut local: tokio::sync::mpsc::Receiver<RecordVersion>,
-    status: Arc<Mutex<SyncStatus>>,
+    status: Arc<Mutex<SyncStatusInfo>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut proto: Replica<PeerId> = Replica::new(opts.config);
@@ -349,7 +341,7 @@ async fn run(
     let mut bad: u64 = 0;
     let set_error = |e: String| {
         eprintln!("ringbase: sync: {e}");
-        status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(e);
+        status.lock().unwrap_or_else(|p| p.into_inner()).last_error = e;
     };
     for addr in &opts.peers {
         let _ = swarm.dial(addr.clone());
@@ -367,6 +359,7 @@ async fn run(
                 for (p, m) in proto.tick(&vs, ticks) {
                     send(&mut swarm, &p, &m);
                 }
+                update_peers(&status, &connected, &proto, &vs);
                 // Explicit peers not connected: dial again every few seconds.
                 if ticks.is_multiple_of(3) && connected.len() < opts.peers.len() {
                     for addr in &opts.peers {
@@ -382,7 +375,11 @@ async fn run(
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     eprintln!("ringbase: sync listening on {address}");
-                    status.lock().unwrap_or_else(|p| p.into_inner()).listening.push(address.to_string());
+                    status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .listening
+                        .push(address.to_string());
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
                     if num_established.get() == 1 && connected.insert(peer_id) =>
@@ -390,12 +387,12 @@ async fn run(
                     let _ = vs.refresh();
                     let m = proto.connected(peer_id, &vs, ticks);
                     send(&mut swarm, &peer_id, &m);
-                    update_peers(&status, &connected);
+                    update_peers(&status, &connected, &proto, &vs);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     connected.remove(&peer_id);
                     proto.disconnected(&peer_id);
-                    update_peers(&status, &connected);
+                    update_peers(&status, &connected, &proto, &vs);
                 }
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     peer,
@@ -438,9 +435,40 @@ async fn run(
     }
 }
 
-fn update_peers(status: &Mutex<SyncStatus>, connected: &HashSet<PeerId>) {
-    let mut peers: Vec<String> = connected.iter().map(|p| p.to_string()).collect();
-    peers.sort();
+/// The connected peers in the status: their version vectors as last heard, and how
+/// far behind or ahead of this server each is.
+fn update_peers(
+    status: &Mutex<SyncStatusInfo>,
+    connected: &HashSet<PeerId>,
+    proto: &Replica<PeerId>,
+    vs: &SqliteVersionStore,
+) {
+    let own = vs.version_vector();
+    let empty = VersionVector::new();
+    let mut peers: Vec<PeerStatus> = connected
+        .iter()
+        .map(|p| {
+            let known = proto.known(p);
+            let theirs = known.unwrap_or(&empty);
+            PeerStatus {
+                peer: p.to_string(),
+                behind: if known.is_some() {
+                    own.count_missing_from(theirs)
+                } else {
+                    0
+                },
+                ahead: theirs.count_missing_from(&own),
+                vv: theirs
+                    .iter()
+                    .map(|(r, set)| Runs {
+                        replica: *r,
+                        runs: set.runs().iter().map(|&(lo, hi)| [lo, hi]).collect(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.peer.cmp(&b.peer));
     status.lock().unwrap_or_else(|p| p.into_inner()).peers = peers;
 }
 

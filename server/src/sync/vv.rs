@@ -172,6 +172,21 @@ impl VersionVector {
         self.by_replica.iter().filter(|(_, s)| s.max() > 0)
     }
 
+    /// How many writes this vector covers that `other` does not.
+    pub fn count_missing_from(&self, other: &VersionVector) -> u64 {
+        let empty = SeqSet::new();
+        self.iter()
+            .map(|(r, mine)| {
+                let theirs = other.by_replica.get(r).unwrap_or(&empty);
+                mine.runs()
+                    .iter()
+                    .flat_map(|&(lo, hi)| theirs.missing_within(lo, hi))
+                    .map(|(a, b)| b - a + 1)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Whether this vector covers every write `other` covers.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other.iter().all(|(r, theirs)| {
@@ -231,8 +246,11 @@ mod tests {
         let mut y = VersionVector::new();
         y.entry(a).insert_range(2, 5);
         assert!(x.dominates(&y) && !y.dominates(&x));
+        assert_eq!(x.count_missing_from(&y), 6);
+        assert_eq!(y.count_missing_from(&x), 0);
         y.insert(b, 1);
         assert!(!x.dominates(&y));
+        assert_eq!(y.count_missing_from(&x), 1);
         assert!(x.dominates(&VersionVector::new()));
     }
 }
