@@ -350,6 +350,38 @@ pub fn index_list(name: &str) -> ExitCode {
     })
 }
 
+/// A replication peer as JSON.
+fn peer_json(p: &ringbase_protocol::message::PeerStatus) -> Value {
+    json!({
+        "peer": p.peer,
+        "behind": p.behind,
+        "ahead": p.ahead,
+        "vv": p.vv.iter().map(|r| json!({
+            "replica": hex(&r.replica),
+            "runs": r.runs,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `ringbase peers`: the replication peers, one JSON line each.
+pub fn peers(name: &str) -> ExitCode {
+    with_client(name, |c| match c.status() {
+        Ok(s) => match s.sync {
+            Some(y) => {
+                for p in &y.peers {
+                    println!("{}", peer_json(p));
+                }
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("ringbase: this server does not replicate (start it with --sync)");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => fail(&e),
+    })
+}
+
 /// `ringbase status`: JSON.
 pub fn status(name: &str) -> ExitCode {
     with_client(name, |c| match c.status() {
@@ -384,15 +416,7 @@ pub fn status(name: &str) -> ExitCode {
                     "listening": y.listening,
                     "bad_messages": y.bad_messages,
                     "last_error": y.last_error,
-                    "peers": y.peers.iter().map(|p| json!({
-                        "peer": p.peer,
-                        "behind": p.behind,
-                        "ahead": p.ahead,
-                        "vv": p.vv.iter().map(|r| json!({
-                            "replica": hex(&r.replica),
-                            "runs": r.runs,
-                        })).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
+                    "peers": y.peers.iter().map(peer_json).collect::<Vec<_>>(),
                 })),
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));

@@ -288,6 +288,13 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         name: String,
     },
+    /// Replication peers, one JSON line each: peer id, writes it is behind and ahead,
+    /// its version vector as last heard (exits 1 if the server does not replicate).
+    Peers {
+        /// Server name.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -440,6 +447,7 @@ fn main() -> ExitCode {
             },
         ),
         Cmd::Status { name } => cli::status(&name),
+        Cmd::Peers { name } => cli::peers(&name),
     }
 }
 

@@ -353,6 +353,10 @@ fn without_a_model_text_search_is_refused_and_puts_store_no_vector() {
     let (code, _, err) = srv.cli(&["search-text", "red sword"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("embedding model"), "{err}");
+    // Nor does it replicate.
+    let (code, _, err) = srv.cli(&["peers"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not replicate"), "{err}");
 }
 
 #[test]

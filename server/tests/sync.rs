@@ -170,6 +170,9 @@ fn three_servers_converge_through_writes_a_stop_and_a_restart() {
     assert_eq!(code, Some(0));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["sync"]["peers"].as_array().unwrap().len(), 2, "{out}");
+    let (code, out, _) = servers[1].cli(&["peers"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), 2, "{out}");
     assert_eq!(clients[2].get("down-a").unwrap().unwrap().value, b"1");
     assert_eq!(clients[2].get("down-b").unwrap().unwrap().value, b"2");
 }
