@@ -67,6 +67,8 @@ pub enum SyncMessage {
         covered: Vec<[u64; 2]>,
         /// The versions.
         versions: Vec<WireVersion>,
+        /// The answer was cut here: ask again for the rest.
+        more: bool,
     },
     /// A new local write of the sender.
     Push(WireVersion),
@@ -157,15 +159,17 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 proptest::collection::vec(any::<[u64; 2]>(), 0..4),
-                proptest::collection::vec(arb_version(), 0..4)
+                proptest::collection::vec(arb_version(), 0..4),
+                any::<bool>()
             )
-                .prop_map(|(origin, after, upto, covered, versions)| {
+                .prop_map(|(origin, after, upto, covered, versions, more)| {
                     SyncMessage::Page {
                         origin,
                         after,
                         upto,
                         covered,
                         versions,
+                        more,
                     }
                 }),
             arb_version().prop_map(SyncMessage::Push),

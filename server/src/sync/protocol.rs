@@ -14,7 +14,10 @@
 //!   delivered of that writer in that range (`covered`). Delivered includes
 //!   superseded: a write replaced by a newer version of its key needs no sending, the
 //!   newer version (with its own sequence number) goes instead. Applying a page and
-//!   advancing the version vector is one transaction ([`VersionStore::apply`]).
+//!   advancing the version vector is one transaction ([`VersionStore::apply`]). An
+//!   answer holds at most [`SyncConfig::max_pages`] pages; its last says `more`, and
+//!   the receiver asks again at once for the rest (a catch-up of millions of versions
+//!   flows in bounded chunks).
 //! - [`Message::Push`]: a new local write, sent to connected peers as it commits. Only
 //!   local writes are pushed: a received version is never sent on as a new write (no
 //!   echo); other peers get it by anti-entropy.
@@ -76,6 +79,8 @@ pub enum Message {
         covered: SeqSet,
         /// The versions (each of `origin`, in the range).
         versions: Vec<RecordVersion>,
+        /// The answer was cut here: reply with a `Have` for the rest.
+        more: bool,
     },
     /// A new local write of the sender.
     Push(RecordVersion),
@@ -91,6 +96,9 @@ pub struct SyncConfig {
     pub max_drift_ms: u64,
     /// Ticks between two `Have`s to a peer whose vector differs.
     pub retry_ticks: u64,
+    /// Most pages in the answer to one `Have` (bounds the memory a catch-up takes:
+    /// the last page says `more`, and the peer asks again for the rest).
+    pub max_pages: usize,
 }
 
 impl Default for SyncConfig {
@@ -99,6 +107,7 @@ impl Default for SyncConfig {
             max_page_bytes: 256 << 10,
             max_drift_ms: super::merge::DEFAULT_MAX_DRIFT_MS,
             retry_ticks: 10,
+            max_pages: 32,
         }
     }
 }
@@ -128,6 +137,8 @@ pub struct Replica<P> {
     config: SyncConfig,
     /// Per connected peer: its vector as last heard, and the tick of our last `Have`.
     peers: HashMap<P, PeerState>,
+    /// Answers given (turns the writer an answer starts with).
+    answers: usize,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +153,7 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
         Replica {
             config,
             peers: HashMap::new(),
+            answers: 0,
         }
     }
 
@@ -227,7 +239,14 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
     ) -> Result<Vec<Message>, SyncError> {
         match msg {
             Message::Have { vv, answer } => {
-                let mut out = answer_have(store, &vv, self.config.max_page_bytes)?;
+                self.answers += 1;
+                let mut out = answer_have(
+                    store,
+                    &vv,
+                    self.config.max_page_bytes,
+                    self.config.max_pages,
+                    self.answers,
+                )?;
                 let own = store.version_vector();
                 let st = self.peers.entry(peer.clone()).or_default();
                 // Ask for what we lack at once, the first time we hear of it (a `Have`
@@ -249,7 +268,9 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
                 upto,
                 covered,
                 versions,
+                more,
             } => {
+                let before = store.version_vector();
                 apply_page(
                     store,
                     origin,
@@ -260,7 +281,19 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
                     now_ms,
                     &self.config,
                 )?;
-                Ok(Vec::new())
+                // The answer was cut: ask for the rest now (not at the next retry), if
+                // this page moved us on. A page that brought nothing new (duplicates,
+                // or versions deferred for their future stamps) must not start another
+                // round at once: the two would ping-pong until the clock catches up.
+                let now = store.version_vector();
+                Ok(if more && now != before {
+                    vec![Message::Have {
+                        vv: now,
+                        answer: false,
+                    }]
+                } else {
+                    Vec::new()
+                })
             }
             Message::Push(v) => {
                 let mut vv = store.version_vector();
@@ -284,16 +317,36 @@ impl<P: Clone + Eq + std::hash::Hash> Replica<P> {
     }
 }
 
-/// The pages of current versions that a replica with vector `theirs` lacks.
+/// The pages of current versions that a replica with vector `theirs` lacks: at most
+/// `max_pages`, by writer starting at the `rotation`-th (modulo their number).
 pub fn answer_have(
     store: &mut impl VersionStore,
     theirs: &VersionVector,
     max_page_bytes: usize,
+    max_pages: usize,
+    rotation: usize,
 ) -> Result<Vec<Message>, StoreError> {
     let mine = store.version_vector();
     let empty = SeqSet::new();
     let mut out = Vec::new();
-    for (origin, have) in mine.iter() {
+    let cut = |out: &mut Vec<Message>| {
+        if let Some(Message::Page { more, .. }) = out.last_mut() {
+            *more = true;
+        }
+    };
+    // Writers in turn: a cut answer starts the next one further on, so one writer's
+    // versions the peer cannot take yet (deferred for their stamps) never hold back
+    // the others'.
+    let mut writers: Vec<_> = mine.iter().collect();
+    if !writers.is_empty() {
+        let n = writers.len();
+        writers.rotate_left(rotation % n);
+    }
+    for (origin, have) in writers {
+        if out.len() >= max_pages.max(1) {
+            cut(&mut out);
+            return Ok(out);
+        }
         let lacks = theirs.get(origin).unwrap_or(&empty);
         if have
             .runs()
@@ -323,6 +376,7 @@ pub fn answer_have(
                         upto,
                         covered,
                         versions: std::mem::take(page),
+                        more: false,
                     });
                 }
                 *after = upto;
@@ -340,6 +394,10 @@ pub fn answer_have(
                     // Close the page just before this version.
                     emit(&mut after, v.seq() - 1, &mut page, &mut out);
                     bytes = 0;
+                    if out.len() >= max_pages.max(1) {
+                        cut(&mut out);
+                        return Ok(out);
+                    }
                 }
                 cursor = v.seq();
                 bytes += b;

@@ -280,9 +280,11 @@ fn run_case(
     fast_clock: bool,
     writes: usize,
     max_page_bytes: usize,
+    max_pages: usize,
 ) -> Result<(), String> {
     let config = SyncConfig {
         max_page_bytes,
+        max_pages,
         retry_ticks: 5,
         ..SyncConfig::default()
     };
@@ -373,8 +375,9 @@ proptest! {
         fast_clock in any::<bool>(),
         writes in 1usize..120,
         max_page_bytes in prop_oneof![Just(1usize), 60usize..300, Just(1 << 20)],
+        max_pages in prop_oneof![Just(1usize), 2usize..5, Just(1000)],
     ) {
-        if let Err(e) = run_case(seed, n, late_joiner, fast_clock, writes, max_page_bytes) {
+        if let Err(e) = run_case(seed, n, late_joiner, fast_clock, writes, max_page_bytes, max_pages) {
             return Err(TestCaseError::fail(e));
         }
     }

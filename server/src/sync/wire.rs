@@ -26,12 +26,14 @@ pub fn to_wire(msg: &Message) -> SyncMessage {
             upto,
             covered,
             versions,
+            more,
         } => SyncMessage::Page {
             origin: *origin,
             after: *after,
             upto: *upto,
             covered: runs_of(covered),
             versions: versions.iter().map(version_to_wire).collect(),
+            more: *more,
         },
         Message::Push(v) => SyncMessage::Push(version_to_wire(v)),
     }
@@ -58,6 +60,7 @@ pub fn from_wire(msg: SyncMessage) -> Message {
             upto,
             covered,
             versions,
+            more,
         } => {
             let mut set = SeqSet::new();
             for [lo, hi] in covered {
@@ -69,6 +72,7 @@ pub fn from_wire(msg: SyncMessage) -> Message {
                 upto,
                 covered: set,
                 versions: versions.into_iter().map(version_from_wire).collect(),
+                more,
             }
         }
         SyncMessage::Push(v) => Message::Push(version_from_wire(v)),
@@ -136,6 +140,7 @@ mod tests {
                 upto: 7,
                 covered,
                 versions: vec![v.clone()],
+                more: true,
             },
             Message::Push(v),
         ] {
