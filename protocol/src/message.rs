@@ -460,6 +460,17 @@ pub struct SyncStatusInfo {
     pub last_error: String,
 }
 
+/// What a replica has delivered of one writer's writes (a row of a version vector:
+/// replication's `Have`, and Status's peers).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub struct Runs {
+    /// The writer.
+    pub replica: [u8; 16],
+    /// Its delivered sequence numbers, as inclusive intervals `[lo, hi]`.
+    pub runs: Vec<[u64; 2]>,
+}
+
 /// A connected peer, as Status reports it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug), attr(allow(missing_docs)))]
@@ -472,7 +483,7 @@ pub struct PeerStatus {
     /// Writes the peer has that this server lacks.
     pub ahead: u64,
     /// The peer's version vector as last heard (empty before its first).
-    pub vv: Vec<crate::sync::Runs>,
+    pub vv: Vec<Runs>,
 }
 
 /// Stable error codes carried by [`Response::Error`].

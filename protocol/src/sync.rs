@@ -6,6 +6,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub use crate::message::Runs;
 use crate::message::{ValueKind, Version};
 
 /// Version of the replication wire format (part of the libp2p protocol name).
@@ -13,16 +14,6 @@ pub const SYNC_WIRE_VERSION: u32 = 1;
 
 /// Most bytes of one encoded message.
 pub const MAX_SYNC_MESSAGE: usize = 64 << 20;
-
-/// What a replica has delivered of one writer's writes.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[rkyv(derive(Debug), attr(allow(missing_docs)))]
-pub struct Runs {
-    /// The writer.
-    pub replica: [u8; 16],
-    /// Its delivered sequence numbers, as inclusive intervals `[lo, hi]`.
-    pub runs: Vec<[u64; 2]>,
-}
 
 /// A version of a record.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
