@@ -44,6 +44,38 @@ enum IndexCmd {
     List,
 }
 
+/// The options of a nearest-neighbour search (`vsearch`, `search-text`).
+#[derive(clap::Args, Debug)]
+struct SearchFlags {
+    /// How many results.
+    #[arg(long, default_value_t = 10)]
+    k: u32,
+    /// Only keys starting with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Only results scoring at least this (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    min_score: f32,
+    /// Search breadth [default: the server's].
+    #[arg(long)]
+    ef: Option<u32>,
+    /// Print each result's record too.
+    #[arg(long)]
+    values: bool,
+}
+
+impl SearchFlags {
+    fn options(self) -> ringbase_client::VectorSearch {
+        ringbase_client::VectorSearch {
+            k: self.k,
+            min_score: self.min_score,
+            prefix: self.prefix,
+            ef: self.ef.unwrap_or(0),
+            with_values: self.values,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the server in the foreground (SIGINT/SIGTERM stop it cleanly).
@@ -204,21 +236,8 @@ enum Cmd {
         name: String,
         /// The query vector, as a JSON array of numbers.
         vector: String,
-        /// How many results.
-        #[arg(long, default_value_t = 10)]
-        k: u32,
-        /// Only keys starting with this.
-        #[arg(long)]
-        prefix: Option<String>,
-        /// Only results scoring at least this (0 to 1).
-        #[arg(long, default_value_t = 0.0)]
-        min_score: f32,
-        /// Search breadth [default: the server's].
-        #[arg(long)]
-        ef: Option<u32>,
-        /// Print each result's record too.
-        #[arg(long)]
-        values: bool,
+        #[command(flatten)]
+        search: SearchFlags,
     },
     /// The records nearest in meaning to a text, best first: the server embeds the
     /// text with its embedding model (`serve --embed-model DIR`).
@@ -228,21 +247,8 @@ enum Cmd {
         name: String,
         /// The query text.
         text: String,
-        /// How many results.
-        #[arg(long, default_value_t = 10)]
-        k: u32,
-        /// Only keys starting with this.
-        #[arg(long)]
-        prefix: Option<String>,
-        /// Only results scoring at least this (0 to 1).
-        #[arg(long, default_value_t = 0.0)]
-        min_score: f32,
-        /// Search breadth [default: the server's].
-        #[arg(long)]
-        ef: Option<u32>,
-        /// Print each result's record too.
-        #[arg(long)]
-        values: bool,
+        #[command(flatten)]
+        search: SearchFlags,
     },
     /// Turn the full-text index on or off (off by default; on costs write throughput).
     Fulltext {
@@ -388,41 +394,9 @@ fn main() -> ExitCode {
         Cmd::Vsearch {
             name,
             vector,
-            k,
-            prefix,
-            min_score,
-            ef,
-            values,
-        } => cli::vsearch(
-            &name,
-            &vector,
-            &ringbase_client::VectorSearch {
-                k,
-                min_score,
-                prefix,
-                ef: ef.unwrap_or(0),
-                with_values: values,
-            },
-        ),
-        Cmd::SearchText {
-            name,
-            text,
-            k,
-            prefix,
-            min_score,
-            ef,
-            values,
-        } => cli::search_text(
-            &name,
-            &text,
-            &ringbase_client::VectorSearch {
-                k,
-                min_score,
-                prefix,
-                ef: ef.unwrap_or(0),
-                with_values: values,
-            },
-        ),
+            search,
+        } => cli::vsearch(&name, &vector, &search.options()),
+        Cmd::SearchText { name, text, search } => cli::search_text(&name, &text, &search.options()),
         Cmd::Fulltext { name, state } => cli::fulltext(&name, state == "on"),
         Cmd::Index { name, cmd } => match cmd {
             IndexCmd::Create { path } => cli::index_create(&name, &path),

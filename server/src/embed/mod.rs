@@ -84,15 +84,20 @@ impl TextFields {
         if text.trim().is_empty() {
             return None;
         }
-        if text.len() > MAX_TEXT_BYTES {
-            let mut end = MAX_TEXT_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-        }
+        let keep = clip(&text).len();
+        text.truncate(keep);
         Some(text)
     }
+}
+
+/// The part of `text` that is embedded: at most [`MAX_TEXT_BYTES`], cut at a char
+/// boundary.
+pub fn clip(text: &str) -> &str {
+    let mut end = text.len().min(MAX_TEXT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Appends every string under `v` to `out`, one per line, stopping past

@@ -37,11 +37,7 @@ pub(super) fn search_text(
     if text.trim().is_empty() {
         return Response::error(ErrorCode::BadRequest, "the search text is empty");
     }
-    let mut end = text.len().min(crate::embed::MAX_TEXT_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    match embed.embedder.embed(&[&text[..end]]) {
+    match embed.embedder.embed(&[crate::embed::clip(text)]) {
         Ok(mut v) if v.len() == 1 => args.vector = v.remove(0),
         Ok(_) => {
             return Response::error(
