@@ -50,6 +50,8 @@ class StatusInfo(ctypes.Structure):
         ("sync_enabled", c_int),
         ("sync_peers", c_uint32),
         ("sync_behind", c_uint64),
+        ("sync_mode", c_char_p),
+        ("sync_peer_id", c_char_p),
     ]
 
 

@@ -500,6 +500,16 @@ typedef struct ringbase_status_info {
    * The most writes any connected peer lacks of this server's (0: all up to date).
    */
   uint64_t sync_behind;
+  /**
+   * How the server finds its peers: `"peers"`, `"lan"`, `"dht"` or `"relay"`; `""`
+   * if it does not replicate. Belongs to `c`, like `data_dir`.
+   */
+  const char *sync_mode;
+  /**
+   * The server's replication node id (libp2p peer id, stable across restarts);
+   * `""` if it does not replicate. Belongs to `c`, like `data_dir`.
+   */
+  const char *sync_peer_id;
 } ringbase_status_info;
 
 /**
@@ -995,9 +1005,10 @@ int ringbase_max_value_len(struct ringbase_client *c,
 /**
  * Fills `*info` with the server's status.
  *
- * Ownership: `info` is the caller's; its `data_dir`, `version`, `indexes` and `vector_embedder` strings belong to
- * `c` and stay valid until the next call on `c` other than `ringbase_last_error`
- * (copy them to keep them).
+ * Ownership: `info` is the caller's; its `data_dir`, `version`, `indexes`,
+ * `vector_embedder`, `sync_mode` and `sync_peer_id` strings belong to `c` and stay
+ * valid until the next call on `c` other than `ringbase_last_error` (copy them to
+ * keep them).
  *
  * Errors: `RINGBASE_E_INVALID` (`c` or `info` NULL), `RINGBASE_E_DISCONNECTED`.
  *

@@ -92,6 +92,10 @@ pub(crate) struct State {
     pub(crate) out_indexes: CString,
     /// Storage for `ringbase_status_info::vector_embedder` until the next call.
     pub(crate) out_embedder: CString,
+    /// Storage for `ringbase_status_info::sync_mode` until the next call.
+    pub(crate) out_sync_mode: CString,
+    /// Storage for `ringbase_status_info::sync_peer_id` until the next call.
+    pub(crate) out_sync_peer_id: CString,
     /// Storage for the key (NUL-terminated) and value of the event returned by
     /// `ringbase_next_event`, until the next call.
     pub(crate) out_event_key: Vec<u8>,

@@ -607,13 +607,20 @@ pub struct ringbase_status_info {
     pub sync_peers: u32,
     /// The most writes any connected peer lacks of this server's (0: all up to date).
     pub sync_behind: u64,
+    /// How the server finds its peers: `"peers"`, `"lan"`, `"dht"` or `"relay"`; `""`
+    /// if it does not replicate. Belongs to `c`, like `data_dir`.
+    pub sync_mode: *const c_char,
+    /// The server's replication node id (libp2p peer id, stable across restarts);
+    /// `""` if it does not replicate. Belongs to `c`, like `data_dir`.
+    pub sync_peer_id: *const c_char,
 }
 
 /// Fills `*info` with the server's status.
 ///
-/// Ownership: `info` is the caller's; its `data_dir`, `version`, `indexes` and `vector_embedder` strings belong to
-/// `c` and stay valid until the next call on `c` other than `ringbase_last_error`
-/// (copy them to keep them).
+/// Ownership: `info` is the caller's; its `data_dir`, `version`, `indexes`,
+/// `vector_embedder`, `sync_mode` and `sync_peer_id` strings belong to `c` and stay
+/// valid until the next call on `c` other than `ringbase_last_error` (copy them to
+/// keep them).
 ///
 /// Errors: `RINGBASE_E_INVALID` (`c` or `info` NULL), `RINGBASE_E_DISCONNECTED`.
 ///
@@ -633,6 +640,12 @@ pub unsafe extern "C" fn ringbase_status(
         st.out_version = crate::error::c_message(&s.version);
         st.out_indexes = crate::error::c_message(&s.indexes.join("\n"));
         st.out_embedder = crate::error::c_message(&s.vectors.embedder);
+        let (mode, peer_id) = s
+            .sync
+            .as_ref()
+            .map_or(("", ""), |y| (y.mode.as_str(), y.peer_id.as_str()));
+        st.out_sync_mode = crate::error::c_message(mode);
+        st.out_sync_peer_id = crate::error::c_message(peer_id);
         Ok(ringbase_status_info {
             records: s.records,
             uptime_ms: s.uptime_ms,
@@ -661,6 +674,8 @@ pub unsafe extern "C" fn ringbase_status(
                 .as_ref()
                 .and_then(|y| y.peers.iter().map(|p| p.behind).max())
                 .unwrap_or(0),
+            sync_mode: st.out_sync_mode.as_ptr(),
+            sync_peer_id: st.out_sync_peer_id.as_ptr(),
         })
     };
     // SAFETY: `c` is NULL or a live handle; `info` is NULL or writable (caller's

@@ -33,4 +33,4 @@ pub mod sync;
 
 /// Version of the protocol spoken over the control socket and in the segment. A client
 /// and a server with different versions refuse each other with a clear error.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -450,6 +450,10 @@ pub struct StatusInfo {
 pub struct SyncStatusInfo {
     /// The database id.
     pub db_id: String,
+    /// How peers are found: `peers`, `lan`, `dht` or `relay`.
+    pub mode: String,
+    /// This server's libp2p peer id (kept in the data dir, so stable across restarts).
+    pub peer_id: String,
     /// Addresses replication listens on.
     pub listening: Vec<String>,
     /// Connected peers.
@@ -484,6 +488,8 @@ pub struct PeerStatus {
     pub ahead: u64,
     /// The peer's version vector as last heard (empty before its first).
     pub vv: Vec<Runs>,
+    /// Whether the connection runs through a relay (`--sync relay`).
+    pub relayed: bool,
 }
 
 /// Stable error codes carried by [`Response::Error`].

@@ -360,6 +360,7 @@ fn peer_json(p: &ringbase_protocol::message::PeerStatus) -> Value {
             "replica": hex(&r.replica),
             "runs": r.runs,
         })).collect::<Vec<_>>(),
+        "relayed": p.relayed,
     })
 }
 
@@ -413,6 +414,8 @@ pub fn status(name: &str) -> ExitCode {
                 },
                 "sync": s.sync.as_ref().map(|y| json!({
                     "db_id": y.db_id,
+                    "mode": y.mode,
+                    "peer_id": y.peer_id,
                     "listening": y.listening,
                     "bad_messages": y.bad_messages,
                     "last_error": y.last_error,

@@ -12,6 +12,7 @@ use ringbase_server::feed::FeedLimits;
 use ringbase_server::store::JsonPath;
 use ringbase_server::sync::net::SyncOptions;
 use ringbase_server::sync::protocol::SyncConfig;
+use ringbase_server::sync::transport::{RelayOptions, SyncMode};
 use ringbase_server::vectors::{GraphParams, VectorConfig};
 use ringbase_server::{Engine, Server, ServerConfig};
 
@@ -120,10 +121,14 @@ enum Cmd {
         /// Most tokens of a text the embedding model reads (2 to 512).
         #[arg(long, default_value_t = ringbase_server::embed::onnx::DEFAULT_MAX_TOKENS, requires = "embed_model")]
         embed_max_tokens: usize,
-        /// Replication with other servers: `disabled` (no network activity at all) or
-        /// `peers` (the servers given with --peer, over TCP + a private network keyed
-        /// by the database secret + Noise + Yamux). `lan` (mDNS), `dht` (Kademlia) and
-        /// `relay` are not available yet.
+        /// Replication with other servers: `disabled` (no network activity at all);
+        /// `peers` (the servers given with --peer); `lan` (those too, and servers of
+        /// the same database found on the local network by mDNS); `dht` (--peer
+        /// addresses are bootstrap servers; replicas find each other through Kademlia
+        /// provider records under the database's topic); `relay` (--peer addresses are
+        /// relays run with `ringbase relay`: replicas register, find each other and
+        /// talk through them, end-to-end encrypted). Replicas talk over TCP + a private
+        /// network keyed by the database secret + Noise + Yamux.
         #[arg(long, default_value = "disabled", value_parser = ["disabled", "peers", "lan", "dht", "relay"])]
         sync: String,
         /// The database id, shared by every replica (with --sync).
@@ -301,6 +306,27 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         name: String,
     },
+    /// Run a relay for replicas that cannot reach each other directly (`serve --sync
+    /// relay --peer ADDRESS`): it keeps their reservations and discovery records and
+    /// forwards their end-to-end encrypted connections. It holds no database and no
+    /// secret. Prints each address to give replicas, one per line, then runs until
+    /// stopped.
+    Relay {
+        /// Where to listen, e.g. /ip4/0.0.0.0/tcp/4802 (repeatable).
+        #[arg(long = "listen", required = true)]
+        listen: Vec<String>,
+        /// An address replicas reach the relay at, if not a listening one (behind
+        /// NAT, or when listening on 0.0.0.0) (repeatable).
+        #[arg(long = "external")]
+        external: Vec<String>,
+        /// The relay's key file (made if missing), so its peer id survives restarts
+        /// [default: a new identity each start].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Most circuits open at once.
+        #[arg(long, default_value_t = 1024)]
+        max_circuits: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -422,6 +448,12 @@ fn main() -> ExitCode {
         ),
         Cmd::Status { name } => cli::status(&name),
         Cmd::Peers { name } => cli::peers(&name),
+        Cmd::Relay {
+            listen,
+            external,
+            key_file,
+            max_circuits,
+        } => relay(&listen, &external, key_file, max_circuits),
     }
 }
 
@@ -448,41 +480,97 @@ fn sync_options(
     listen: &[String],
     peers: &[String],
 ) -> Result<Option<SyncOptions>, String> {
-    match mode {
-        "disabled" => {
-            if db_id.is_some() || secret_file.is_some() || !listen.is_empty() || !peers.is_empty() {
-                return Err("--db-id, --secret-file, --listen and --peer need --sync peers".into());
-            }
-            return Ok(None);
+    if mode == "disabled" {
+        if db_id.is_some() || secret_file.is_some() || !listen.is_empty() || !peers.is_empty() {
+            return Err(
+                "--db-id, --secret-file, --listen and --peer need --sync peers|lan|dht|relay"
+                    .into(),
+            );
         }
-        "peers" => {}
-        other => {
-            return Err(format!(
-                "--sync {other} is not available yet: use --sync peers with --peer ADDRESS"
-            ))
-        }
+        return Ok(None);
     }
+    let mode: SyncMode = mode.parse()?;
     let db_id = db_id.ok_or("--sync needs --db-id")?;
     let path = secret_file.ok_or("--sync needs --secret-file")?;
+    let listen = multiaddrs(listen, "--listen")?;
+    let peers = multiaddrs(peers, "--peer")?;
     let secret = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let secret = secret.trim_ascii_end().to_vec();
-    let addr = |a: &String, flag: &str| {
-        a.parse::<libp2p::Multiaddr>()
-            .map_err(|e| format!("{flag} {a:?}: {e} (write it like /ip4/127.0.0.1/tcp/4801)"))
-    };
+    // The same check the engine makes, before the database is opened.
+    ringbase_server::sync::net::derive_keys(&secret, &db_id)?;
+    match mode {
+        SyncMode::Peers if peers.is_empty() && listen.is_empty() => {
+            return Err("--sync peers needs --peer ADDRESS or --listen ADDRESS".into())
+        }
+        SyncMode::Dht if peers.is_empty() && listen.is_empty() => {
+            return Err(
+                "--sync dht needs bootstrap nodes (--peer ADDRESS) or --listen ADDRESS to be one"
+                    .into(),
+            )
+        }
+        SyncMode::Relay if peers.is_empty() => {
+            return Err("--sync relay needs the relay's address: --peer ADDRESS".into())
+        }
+        SyncMode::Relay if !listen.is_empty() => {
+            return Err("--sync relay listens through its relays: drop --listen".into())
+        }
+        _ => {}
+    }
     Ok(Some(SyncOptions {
+        mode,
         db_id,
         secret,
-        listen: listen
-            .iter()
-            .map(|a| addr(a, "--listen"))
-            .collect::<Result<_, _>>()?,
-        peers: peers
-            .iter()
-            .map(|a| addr(a, "--peer"))
-            .collect::<Result<_, _>>()?,
+        listen,
+        peers,
+        key_file: None,
         config: SyncConfig::default(),
     }))
+}
+
+fn relay(
+    listen: &[String],
+    external: &[String],
+    key_file: Option<PathBuf>,
+    max_circuits: usize,
+) -> ExitCode {
+    let opts = match (
+        multiaddrs(listen, "--listen"),
+        multiaddrs(external, "--external"),
+    ) {
+        (Ok(listen), Ok(external)) => RelayOptions {
+            listen,
+            external,
+            key_file,
+            max_circuits: max_circuits.max(1),
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("ringbase: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let run = ringbase_server::sync::transport::run_relay(opts, |addr| {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{addr}");
+        let _ = out.flush();
+    });
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringbase: relay: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn multiaddrs(addrs: &[String], flag: &str) -> Result<Vec<libp2p::Multiaddr>, String> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("{flag} {a:?}: {e} (write it like /ip4/127.0.0.1/tcp/4801)"))
+        })
+        .collect()
 }
 
 /// The embedding model in `dir`, reading `fields` of each record (all strings if

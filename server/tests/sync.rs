@@ -244,7 +244,7 @@ fn sync_flags_are_checked() {
     assert!(err.contains("--sync peers"), "{err}");
     let (code, err) = run(&["--sync", "dht", "--db-id", "x"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("not available yet"), "{err}");
+    assert!(err.contains("--secret-file"), "{err}");
     let short = rt.path().join("short");
     std::fs::write(&short, "too short").unwrap();
     let (code, err) = run(&[
@@ -255,8 +255,35 @@ fn sync_flags_are_checked() {
         "--secret-file",
         short.to_str().unwrap(),
     ]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2));
     assert!(err.contains("at least 16"), "{err}");
+    let good = rt.path().join("good");
+    std::fs::write(&good, "a secret of 32 bytes, or nearly.").unwrap();
+    let good = good.to_str().unwrap();
+    let with = |extra: &[&str]| {
+        let mut a = vec!["--db-id", "x", "--secret-file", good];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let (code, err) = with(&["--sync", "relay"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("relay's address"), "{err}");
+    let (code, err) = with(&[
+        "--sync",
+        "relay",
+        "--peer",
+        "/ip4/127.0.0.1/tcp/1",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("drop --listen"), "{err}");
+    let (code, err) = with(&["--sync", "dht"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("bootstrap"), "{err}");
+    let (code, err) = with(&["--sync", "peers"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--peer"), "{err}");
     let (code, err) = run(&[
         "--sync",
         "peers",

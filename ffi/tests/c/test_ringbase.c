@@ -275,6 +275,7 @@ static void test_vectors(ringbase_client *c) {
     CHECK(info.vector_embedder != NULL && info.vector_embedder[0] == '\0');
     /* Nor does it replicate. */
     CHECK(info.sync_enabled == 0 && info.sync_peers == 0 && info.sync_behind == 0);
+    CHECK(strcmp(info.sync_mode, "") == 0 && strcmp(info.sync_peer_id, "") == 0);
     nb = (ringbase_neighbors *)&nb; /* must be overwritten with NULL */
     CHECK_RC(ringbase_search_text(c, K("red sword"), NULL, &nb), RINGBASE_E_NO_EMBEDDER);
     CHECK(nb == NULL);

@@ -157,8 +157,11 @@ impl Engine {
             .start(Arc::clone(&store))
             .map_err(|e| format!("starting the vector index: {e}"))?;
         let sync = match (config.sync, local_writes) {
-            (Some(opts), Some((hook, rx))) => {
+            (Some(mut opts), Some((hook, rx))) => {
                 hook.set_own(store.replica_id());
+                // The node's identity lives with the database it replicates.
+                opts.key_file
+                    .get_or_insert_with(|| data_dir.join("sync.key"));
                 match crate::sync::net::start(Arc::clone(&store), opts, rx) {
                     Ok(h) => Some(h),
                     Err(e) => {

@@ -59,7 +59,27 @@ pub fn ringbase_bin() -> &'static str {
 impl ServerProc {
     /// Starts a server and waits (bounded) for its readiness line.
     pub fn start(runtime: &Path, data: &Path, name: &str, extra: &[&str]) -> ServerProc {
-        let mut child = Command::new(ringbase_bin())
+        ServerProc::start_wrapped(&[], runtime, data, name, extra)
+    }
+
+    /// [`ServerProc::start`] through a wrapper command that execs its arguments
+    /// (e.g. `nsenter --net=...`: a server on another network).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        runtime: &Path,
+        data: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> ServerProc {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(ringbase_bin()),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(ringbase_bin());
+                c
+            }
+        };
+        let mut child = cmd
             .args(["serve", "--name", name, "--data-dir"])
             .arg(data)
             .args(extra)
