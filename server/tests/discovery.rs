@@ -20,14 +20,6 @@ use std::time::Duration;
 use common::*;
 use ringbase_client::Client;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn secret(rt: &TempDir, name: &str, text: &str) -> String {
     let p = rt.path().join(name);
     std::fs::write(&p, text).unwrap();

@@ -12,15 +12,6 @@ use std::time::Duration;
 use common::*;
 use ringbase_client::{Client, Version};
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn addr(port: u16) -> String {
     format!("/ip4/127.0.0.1/tcp/{port}")
 }

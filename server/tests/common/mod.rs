@@ -417,3 +417,12 @@ impl RawSession {
         n
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
