@@ -1,8 +1,9 @@
 //! Replication between real `ringbase serve` processes on 127.0.0.1 over libp2p
 //! (TCP, private network, Noise, Yamux), with explicit peers: concurrent writers on
 //! each server converge; a server stopped while the others write catches up when it
-//! restarts; values larger than a sync page travel in split pages; a server with
-//! another secret never connects and receives nothing.
+//! restarts; values larger than a sync page travel in split pages; replicated changes
+//! reach watchers (with their origin's version) and the vector and full-text indexes;
+//! a server with another secret never connects and receives nothing.
 
 mod common;
 
@@ -166,6 +167,78 @@ fn three_servers_converge_through_writes_a_stop_and_a_restart() {
     assert_eq!(out.lines().count(), 2, "{out}");
     assert_eq!(clients[2].get("down-a").unwrap().unwrap().value, b"1");
     assert_eq!(clients[2].get("down-b").unwrap().unwrap().value, b"2");
+}
+
+#[test]
+fn replicated_changes_reach_watchers_and_indexes() {
+    let rt = TempDir::new("sync-reach");
+    let secret = rt.path().join("secret");
+    std::fs::write(&secret, "a shared secret of the sync test\n").unwrap();
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let a = start(rt.path(), 0, &ports, &secret);
+    let b = start(rt.path(), 1, &ports, &secret);
+    let mut ca = a.connect();
+    let mut cb = b.connect();
+    let a_id = ca.status().unwrap().replica_id;
+    let b_id = cb.status().unwrap().replica_id;
+    assert!(cb.set_fulltext(true).unwrap());
+    let mut watcher = b.connect();
+    watcher.watch("item/", None, true).unwrap();
+
+    // Writes on A: text for the full-text index, vectors for the vector index.
+    ca.put_json_with_vector(
+        "item/sword",
+        r#"{"name":"crimson sword"}"#,
+        &[1.0, 0.0, 0.0],
+    )
+    .unwrap();
+    ca.put_json_with_vector("item/shield", r#"{"name":"oak shield"}"#, &[0.0, 1.0, 0.0])
+        .unwrap();
+    let next = |w: &mut Client| match w.next_event(Some(Duration::from_secs(30))).unwrap() {
+        Some(ringbase_client::WatchEvent::Change(c)) => c,
+        other => panic!("expected a change, got {other:?}"),
+    };
+    for want in ["item/sword", "item/shield"] {
+        let c = next(&mut watcher);
+        assert_eq!(c.key, want);
+        assert!(!c.deleted);
+        // The origin is A: the version A gave it, not a new one of B's.
+        assert_eq!(c.version.replica, a_id);
+        assert_ne!(c.version.replica, b_id);
+        assert!(c.value.is_some());
+    }
+    // At once: the vector index follows a commit before the feed tells watchers.
+    let hits = cb.vector_search(&[0.9, 0.1, 0.0]).unwrap();
+    assert_eq!(hits[0].key, "item/sword");
+    assert_eq!(hits.len(), 2);
+    let found = cb.search("crimson", 10).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].key, "item/sword");
+
+    // A replicated delete leaves both indexes too.
+    ca.delete("item/sword").unwrap();
+    let c = next(&mut watcher);
+    assert_eq!((c.key.as_str(), c.deleted), ("item/sword", true));
+    assert_eq!(c.version.replica, a_id);
+    let hits = cb.vector_search(&[0.9, 0.1, 0.0]).unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.key.as_str()).collect::<Vec<_>>(),
+        ["item/shield"]
+    );
+    assert!(cb.search("crimson", 10).unwrap().is_empty());
+    // B's own write is B's, and reaches A's storage the same way.
+    cb.put_json("item/bow", r#"{"name":"yew bow"}"#).unwrap();
+    let c = next(&mut watcher);
+    assert_eq!((c.key.as_str(), c.version.replica), ("item/bow", b_id));
+    assert!(eventually(Duration::from_secs(30), || ca
+        .get("item/bow")
+        .unwrap()
+        .is_some()));
+    // Nothing echoes back: B's watcher sees no more changes.
+    assert!(watcher
+        .next_event(Some(Duration::from_millis(1500)))
+        .unwrap()
+        .is_none());
 }
 
 #[test]

@@ -124,7 +124,9 @@ impl Engine {
         // Subsystems that follow committed writes register their commit hooks here.
         let feed = Arc::new(Feed::new(config.feed));
         let vectors = VectorIndex::new(config.vectors);
-        let mut hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![feed.clone(), vectors.clone()];
+        // The vector index before the feed: a watcher woken by a change, searching at
+        // once from another session, finds the change's vector already indexed.
+        let mut hooks: Vec<Arc<dyn crate::store::CommitHook>> = vec![vectors.clone(), feed.clone()];
         let local_writes = config.sync.as_ref().map(|_| {
             let (hook, rx) = LocalWrites::new();
             hooks.push(hook.clone());
