@@ -144,6 +144,11 @@ enum Cmd {
         /// A server to replicate with, e.g. /ip4/192.168.1.7/tcp/4801 (repeatable).
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// How far ahead of this machine's clock a replicated write's timestamp may be
+        /// (seconds): one further ahead waits until the clock catches up, so a replica
+        /// with a fast clock cannot win every conflict [default: 60].
+        #[arg(long, value_name = "SECONDS")]
+        max_clock_skew: Option<u64>,
     },
     /// Check that a server is up and measure one round trip.
     Ping {
@@ -350,14 +355,16 @@ fn main() -> ExitCode {
             secret_file,
             listen,
             peers,
+            max_clock_skew,
         } => {
-            let sync = match sync_options(&sync, db_id, secret_file, &listen, &peers) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("ringbase: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let sync =
+                match sync_options(&sync, db_id, secret_file, &listen, &peers, max_clock_skew) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("ringbase: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let embed = match embed_model {
                 None => None,
                 Some(dir) => match load_embedder(&dir, &embed_fields, embed_max_tokens) {
@@ -479,11 +486,17 @@ fn sync_options(
     secret_file: Option<PathBuf>,
     listen: &[String],
     peers: &[String],
+    max_clock_skew: Option<u64>,
 ) -> Result<Option<SyncOptions>, String> {
     if mode == "disabled" {
-        if db_id.is_some() || secret_file.is_some() || !listen.is_empty() || !peers.is_empty() {
+        if db_id.is_some()
+            || secret_file.is_some()
+            || !listen.is_empty()
+            || !peers.is_empty()
+            || max_clock_skew.is_some()
+        {
             return Err(
-                "--db-id, --secret-file, --listen and --peer need --sync peers|lan|dht|relay"
+                "--db-id, --secret-file, --listen, --peer and --max-clock-skew need --sync peers|lan|dht|relay"
                     .into(),
             );
         }
@@ -523,7 +536,12 @@ fn sync_options(
         listen,
         peers,
         key_file: None,
-        config: SyncConfig::default(),
+        config: SyncConfig {
+            max_drift_ms: max_clock_skew.map_or(SyncConfig::default().max_drift_ms, |s| {
+                s.saturating_mul(1000)
+            }),
+            ..SyncConfig::default()
+        },
     }))
 }
 

@@ -306,6 +306,9 @@ fn sync_flags_are_checked() {
     let (code, err) = run(&["--peer", "/ip4/127.0.0.1/tcp/1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--sync peers"), "{err}");
+    let (code, err) = run(&["--max-clock-skew", "5"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--sync peers"), "{err}");
     let (code, err) = run(&["--sync", "dht", "--db-id", "x"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--secret-file"), "{err}");
