@@ -211,7 +211,7 @@ impl Client {
         sock.inner().set_read_timeout(None)?;
         let backoff = match opts.wait {
             WaitMode::Adaptive => {
-                Backoff::new(Duration::from_micros(20), Duration::from_micros(100))
+                Backoff::new(Duration::from_micros(20), Duration::from_micros(250))
             }
             WaitMode::BusyPoll => Backoff::busy(),
         };
@@ -530,7 +530,7 @@ impl Client {
                     if !polite {
                         // A polite wait says nothing about how long the server takes
                         // when it is awake: the spin budget learns from the others.
-                        self.backoff.finish(slept);
+                        self.backoff.finish(slept, started.elapsed());
                     }
                     return Ok(f);
                 }

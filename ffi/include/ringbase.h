@@ -466,7 +466,8 @@ typedef struct ringbase_status_info {
    */
   uint64_t vector_dead;
   /**
-   * Vectors not yet in the graph (searches scan them exactly).
+   * Vectors not yet in the graph, or not yet in the copy of its links that searches
+   * walk (searches scan them exactly).
    */
   uint64_t vector_pending;
   /**

@@ -588,7 +588,8 @@ pub struct ringbase_status_info {
     pub vector_points: u64,
     /// Dead points in the graph (replaced or deleted vectors; a rebuild drops them).
     pub vector_dead: u64,
-    /// Vectors not yet in the graph (searches scan them exactly).
+    /// Vectors not yet in the graph, or not yet in the copy of its links that searches
+    /// walk (searches scan them exactly).
     pub vector_pending: u64,
     /// Graph builds since the server started.
     pub vector_rebuilds: u64,

@@ -367,7 +367,8 @@ pub struct VectorStatus {
     /// Dead points: replaced or deleted vectors still in the graph (skipped by
     /// searches; a rebuild drops them).
     pub dead: u64,
-    /// Vectors stored but not yet in the graph (searches scan them exactly).
+    /// Vectors stored but not yet in the graph, or in it but not yet in the copy of its
+    /// links that searches walk (searches scan them exactly).
     pub pending: u64,
     /// Graph rebuilds since the server started (the first build at start counts).
     pub rebuilds: u64,

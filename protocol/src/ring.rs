@@ -703,8 +703,11 @@ impl Consumer {
 /// On a 2-core machine a waiter that spins without bound starves everyone as soon as
 /// there are more spinners than cores, and a sidecar that spins while idle wastes
 /// battery. So a waiter spins (with `spin_loop` hints) for at most `spin` — a budget
-/// that grows when data tends to arrive while spinning and shrinks when the wait ended
-/// in a sleep — then yields the CPU a few times, then sleeps on the futex.
+/// that grows when data tends to arrive while spinning, grows to cover a wait that
+/// ended in a sleep but was not longer than `max` (waking a sleeper costs tens of
+/// microseconds: a wait of 150 µs should be spun through, not slept through), and
+/// shrinks after longer waits — then yields the CPU a few times, then sleeps on the
+/// futex.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     spin: Duration,
@@ -765,15 +768,19 @@ impl Backoff {
         }
     }
 
-    /// Feeds back how the wait ended: `slept` = it had to sleep.
-    pub fn finish(&mut self, slept: bool) {
+    /// Feeds back how the wait ended: `slept` = it had to sleep, after `waited` in
+    /// all.
+    pub fn finish(&mut self, slept: bool, waited: Duration) {
         if self.is_busy() {
             return;
         }
-        self.spin = if slept {
-            (self.spin / 2).max(self.min)
-        } else {
+        self.spin = if !slept {
             (self.spin * 2).min(self.max)
+        } else if waited <= self.max {
+            // A spin a quarter longer than this wait would have caught it.
+            (waited + waited / 4).clamp(self.min, self.max)
+        } else {
+            (self.spin / 2).max(self.min)
         };
     }
 }
@@ -830,5 +837,43 @@ impl Wait {
     /// Time since the wait started spinning (zero in the first iterations).
     pub fn elapsed(&self) -> Duration {
         self.start.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spin_budget_learns_from_waits() {
+        let us = Duration::from_micros;
+        let mut b = Backoff::new(us(20), us(250));
+        assert_eq!(b.start().spin, us(20));
+        // Answers that come while spinning: the budget doubles, up to the maximum.
+        b.finish(false, us(5));
+        assert_eq!(b.spin, us(40));
+        for _ in 0..10 {
+            b.finish(false, us(5));
+        }
+        assert_eq!(b.spin, us(250));
+        // A wait that slept but was shorter than the maximum: spin through the next
+        // one (a quarter longer).
+        let mut b = Backoff::new(us(20), us(250));
+        b.finish(true, us(120));
+        assert_eq!(b.spin, us(150));
+        b.finish(true, us(240));
+        assert_eq!(b.spin, us(250));
+        // Longer waits (an idle peer): the budget halves, down to the minimum.
+        b.finish(true, Duration::from_millis(16));
+        assert_eq!(b.spin, us(125));
+        for _ in 0..10 {
+            b.finish(true, Duration::from_millis(16));
+        }
+        assert_eq!(b.spin, us(20));
+        // Busy-poll never learns.
+        let mut busy = Backoff::busy();
+        busy.finish(true, us(1));
+        assert!(busy.is_busy());
+        assert_eq!(busy.spin, Duration::MAX);
     }
 }

@@ -426,7 +426,7 @@ impl SessionLoop<'_> {
         loop {
             if self.req.has_data()? || self.events_ready() {
                 if !polite {
-                    self.backoff.finish(slept);
+                    self.backoff.finish(slept, w.elapsed());
                 }
                 // Woken by the client: it may share this CPU (see above).
                 self.polite = slept;

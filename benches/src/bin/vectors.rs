@@ -311,6 +311,8 @@ fn in_process(base: &[f32], queries: &[f32], dim: usize, gt: &[Vec<u32>]) -> (Sy
     for (i, v) in base.chunks_exact(dim).enumerate() {
         graph.insert(Arc::from(key_of(i)), v);
     }
+    // As the server's index thread does once it has nothing left to insert.
+    graph.refresh_links();
     let build_s = t.elapsed().as_secs_f64();
     let memory_mib = rss_mib(std::process::id()).zip(before).map(|(a, b)| a - b);
     let points = EFS

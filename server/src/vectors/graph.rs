@@ -6,16 +6,29 @@
 //! non-zero, the graph's dimension) and normalised, so no input can reach hnsw_rs that
 //! makes it panic (its distances assert on NaNs and on negative rounding errors; the
 //! distance below clamps).
+//!
+//! hnsw_rs builds the graph; searches walk a compact copy of its links
+//! ([`super::links::Links`]) over a contiguous copy of the vectors. Points inserted
+//! after the copy was made (the tail) are scanned exactly by each search; the copy is
+//! made again when the tail passes [`TAIL_MAX`] (by the inserter, after an insert) or
+//! when the inserter is idle ([`Graph::settle`]).
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use hnsw_rs::anndists::dist::distances::Distance;
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
 
+use super::links::Links;
+
 /// Layers of the graph (hnsw_rs's maximum; it needs at least one).
 const MAX_LAYERS: usize = 16;
+
+/// Most points inserted since the links were copied before an insert copies them again
+/// (each search scans these exactly): at least this, or a 64th of the graph.
+pub const TAIL_MAX: usize = 1024;
 
 /// Cosine distance of two L2-normalised vectors: `1 - a·b`, clamped to `[0, 2]` (a dot
 /// product of two unit vectors can come out a rounding error above 1).
@@ -142,8 +155,21 @@ impl Default for GraphParams {
 /// A graph and the key of each of its points (point id = index in `keys`).
 pub struct Graph {
     hnsw: Hnsw<'static, f32, UnitCosine>,
-    keys: RwLock<Vec<Arc<str>>>,
+    points: RwLock<Points>,
+    /// The links searches walk: a copy of `hnsw`'s, for a prefix of the points.
+    links: RwLock<Arc<Links>>,
+    /// When the links were last copied, and how long that took (idle copies are
+    /// spaced so that they take at most a 20th of the inserter's time).
+    last_copy: RwLock<(Instant, Duration)>,
     dim: usize,
+}
+
+/// The key and the unit vector of each point, by id.
+#[derive(Debug, Default)]
+struct Points {
+    keys: Vec<Arc<str>>,
+    /// Point `id`'s vector at `id * dim`.
+    vectors: Vec<f32>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -168,7 +194,12 @@ impl Graph {
                 params.ef_construction.max(m),
                 UnitCosine,
             ),
-            keys: RwLock::new(Vec::with_capacity(capacity)),
+            points: RwLock::new(Points {
+                keys: Vec::with_capacity(capacity),
+                vectors: Vec::with_capacity(capacity.saturating_mul(dim)),
+            }),
+            links: RwLock::new(Arc::new(Links::default())),
+            last_copy: RwLock::new((Instant::now(), Duration::ZERO)),
             dim,
         }
     }
@@ -199,32 +230,63 @@ impl Graph {
         let hnsw: Hnsw<'static, f32, UnitCosine> = io
             .load_hnsw_with_dist(UnitCosine)
             .map_err(|e| e.to_string())?;
+        // The vectors, by id, from the loaded points.
+        let n = hnsw.get_nb_point();
+        let mut vectors = vec![0f32; n * dim];
+        let mut seen = 0;
+        let index = hnsw.get_point_indexation();
+        for layer in 0..=index.get_max_level_observed() {
+            for p in index.get_layer_iterator(usize::from(layer)) {
+                let (id, v) = (p.get_origin_id(), p.get_v());
+                if id >= n || v.len() != dim {
+                    return Err(format!(
+                        "saved point {id} (of {n}) has {} dimensions, not {dim}",
+                        v.len()
+                    ));
+                }
+                vectors[id * dim..(id + 1) * dim].copy_from_slice(v);
+                seen += 1;
+            }
+        }
+        if seen != n {
+            return Err(format!("the saved graph lists {seen} of its {n} points"));
+        }
+        let links = Links::copy(&hnsw, n);
         Ok(Graph {
             hnsw,
-            keys: RwLock::new(Vec::new()),
+            points: RwLock::new(Points {
+                keys: Vec::new(),
+                vectors,
+            }),
+            links: RwLock::new(Arc::new(links)),
+            last_copy: RwLock::new((Instant::now(), Duration::ZERO)),
             dim,
         })
     }
 
+    fn points(&self) -> std::sync::RwLockReadGuard<'_, Points> {
+        self.points.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The key of each point, by id.
     pub fn keys(&self) -> Vec<Arc<str>> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.points().keys.clone()
     }
 
     /// Sets the key of each point of a loaded graph, by id.
     pub fn set_keys(&self, keys: Vec<Arc<str>>) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        self.points.write().unwrap_or_else(|p| p.into_inner()).keys = keys;
     }
 
     /// Points in the graph (live or not). A loaded graph counts its points before its
     /// keys are set.
-    pub fn points(&self) -> usize {
+    pub fn point_count(&self) -> usize {
         self.hnsw.get_nb_point()
     }
 
     /// Points in the graph (live or not).
     pub fn len(&self) -> usize {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.points().keys.len()
     }
 
     /// Whether it has no points.
@@ -246,12 +308,47 @@ impl Graph {
             "vector dimension checked before insert"
         );
         let id = {
-            let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-            keys.push(key);
-            keys.len() - 1
+            let mut points = self.points.write().unwrap_or_else(|p| p.into_inner());
+            points.keys.push(key);
+            points.vectors.extend_from_slice(unit);
+            points.keys.len() - 1
         };
         self.hnsw.insert_slice((unit, id));
+        let covered = self.links.read().unwrap_or_else(|p| p.into_inner()).len();
+        if id + 1 - covered > TAIL_MAX.max(covered / 64) {
+            self.refresh_links();
+        }
         id as u32
+    }
+
+    /// Copies the links again if points were inserted since the last copy and the
+    /// inserter has not spent more than a 20th of its time copying. For the inserter,
+    /// when it has nothing to insert.
+    pub fn settle(&self) {
+        let covered = self.links.read().unwrap_or_else(|p| p.into_inner()).len();
+        let (at, took) = *self.last_copy.read().unwrap_or_else(|p| p.into_inner());
+        if self.len() > covered && at.elapsed() >= took * 20 {
+            self.refresh_links();
+        }
+    }
+
+    /// Points inserted since the links were copied (searches scan them exactly).
+    pub fn tail(&self) -> usize {
+        let covered = self.links.read().unwrap_or_else(|p| p.into_inner()).len();
+        self.len().saturating_sub(covered)
+    }
+
+    /// Copies hnsw_rs's links for searches (if points were inserted since the last
+    /// copy). The inserter's job: no insert may run meanwhile.
+    pub fn refresh_links(&self) {
+        if self.tail() == 0 {
+            return;
+        }
+        let t = Instant::now();
+        let n = self.len();
+        let links = Arc::new(Links::copy(&self.hnsw, n));
+        *self.links.write().unwrap_or_else(|p| p.into_inner()) = links;
+        *self.last_copy.write().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), t.elapsed());
     }
 
     /// The `want` nearest points to `unit` (normalised) found with search breadth
@@ -267,20 +364,34 @@ impl Graph {
         if unit.len() != self.dim || want == 0 {
             return Vec::new();
         }
-        // Held for the search: the filter looks keys up by id, and the inserter waits.
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let found = if prefix.is_empty() {
-            self.hnsw.search(unit, want, ef.max(want))
-        } else {
-            let filter = |id: &usize| keys.get(*id).is_some_and(|k| k.starts_with(prefix));
-            self.hnsw
-                .search_filter(unit, want, ef.max(want), Some(&filter))
+        // Held for the search: keys and vectors are read by id, and the inserter waits.
+        let points = self.points();
+        let links = Arc::clone(&self.links.read().unwrap_or_else(|p| p.into_inner()));
+        let accept = |id: u32| {
+            prefix.is_empty()
+                || points
+                    .keys
+                    .get(id as usize)
+                    .is_some_and(|k| k.starts_with(prefix))
         };
+        let mut found = links.search(&points.vectors, self.dim, unit, ef.max(want), &accept);
+        // The tail: points inserted since the links were copied.
+        let tail = links.len()..points.keys.len();
+        if !tail.is_empty() {
+            for id in tail {
+                if accept(id as u32) {
+                    let v = &points.vectors[id * self.dim..(id + 1) * self.dim];
+                    found.push((id as u32, UnitCosine.eval(unit, v)));
+                }
+            }
+            found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        }
+        found.truncate(want);
         found
             .into_iter()
-            .filter_map(|n| {
-                let key = keys.get(n.d_id)?;
-                Some((n.d_id as u32, Arc::clone(key), n.distance))
+            .filter_map(|(id, d)| {
+                let key = points.keys.get(id as usize)?;
+                Some((id, Arc::clone(key), d))
             })
             .collect()
     }
@@ -347,5 +458,44 @@ mod tests {
             g.search(&[1.0, 0.0], 5, 64, "").is_empty(),
             "wrong dimension"
         );
+    }
+
+    #[test]
+    fn searches_see_the_copied_links_and_the_tail() {
+        let g = Graph::new(GraphParams::default(), 8, 10);
+        let mut rng = 5u64;
+        let mut pts = Vec::new();
+        let n = 2 * TAIL_MAX + 300;
+        for i in 0..n {
+            let v: Vec<f32> = (0..8)
+                .map(|_| {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+                })
+                .collect();
+            let u = normalized(&v);
+            g.insert(format!("p/{i}").into(), &u);
+            pts.push(u);
+        }
+        // Copied twice on the way (after 1,025 and 2,050 points); the rest is the tail.
+        assert_eq!(g.tail(), n - 2 * (TAIL_MAX + 1));
+        let check = |g: &Graph| {
+            for (i, u) in pts.iter().enumerate() {
+                let hits = g.search(u, 3, 32, "");
+                assert_eq!(hits[0].0, i as u32, "point {i} finds itself");
+                assert_eq!(&*hits[0].1, format!("p/{i}"));
+                assert!(hits[0].2 < 1e-5 && hits[0].2 <= hits[1].2);
+            }
+        };
+        check(&g);
+        g.refresh_links();
+        assert_eq!(g.tail(), 0);
+        check(&g);
+        // A prefix that only tail points and a few others match.
+        let hits = g.search(&pts[n - 1], 5, 32, &format!("p/{}", n - 1));
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].0 as usize, n - 1);
     }
 }

@@ -48,6 +48,7 @@
 //! [`VectorConfig::exact_max`].
 
 mod graph;
+mod links;
 mod persist;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -219,7 +220,7 @@ impl VectorIndex {
             let t = Instant::now();
             match persist::load(store.data_dir(), store.vector_dim(), self.config.graph, seq) {
                 Ok(Some((graph, saved))) => {
-                    let points = graph.points();
+                    let points = graph.point_count();
                     let mut st = self.write();
                     st.graph = Arc::new(graph);
                     st.live = saved.live;
@@ -311,7 +312,9 @@ impl VectorIndex {
             vectors: (st.live.len() + st.pending.len()) as u64,
             points: st.graph.len() as u64,
             dead: st.dead as u64,
-            pending: st.pending.len() as u64,
+            // Points inserted since the graph's links were last copied are scanned
+            // exactly too, like those not in the graph yet.
+            pending: (st.pending.len() + st.graph.tail()) as u64,
             rebuilds: st.rebuilds,
             last_rebuild_ms: st.last_rebuild_ms,
             embedder: String::new(),
@@ -436,6 +439,9 @@ impl VectorIndex {
                 }
                 continue;
             }
+            // Idle: the links searches walk catch up with the last inserts.
+            let graph = Arc::clone(&self.read().graph);
+            graph.settle();
             if last_save.elapsed() >= SAVE_EVERY {
                 last_save = Instant::now();
                 if let Err(e) = self.save() {
@@ -574,6 +580,7 @@ impl VectorIndex {
         if let Some(e) = bad {
             return Err(e);
         }
+        graph.refresh_links();
         Ok((!stopped).then_some((graph, live)))
     }
 }

@@ -174,7 +174,7 @@ pub fn load(
     let mut u64b = [0u8; 8];
     r.read_exact(&mut u64b)?;
     let n = u64::from_le_bytes(u64b) as usize;
-    if n != points || graph.points() != points {
+    if n != points || graph.point_count() != points {
         return Err(invalid("the saved keys do not match the saved graph"));
     }
     let mut keys = Vec::with_capacity(n);
