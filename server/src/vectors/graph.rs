@@ -134,6 +134,25 @@ pub fn normalized(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
 }
 
+/// `n` seeded pseudo-random unit vectors of `dim` dimensions (tests).
+#[cfg(test)]
+pub(crate) fn random_units(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = seed;
+    (0..n)
+        .map(|_| {
+            let v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+                })
+                .collect();
+            normalized(&v)
+        })
+        .collect()
+}
+
 /// HNSW build settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GraphParams {
@@ -431,21 +450,10 @@ mod tests {
     #[test]
     fn finds_each_point_and_filters_by_prefix() {
         let g = Graph::new(GraphParams::default(), 4, 10);
-        let mut rng = 7u64;
-        let mut pts = Vec::new();
-        for i in 0..300 {
-            let v: Vec<f32> = (0..4)
-                .map(|_| {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-                })
-                .collect();
-            let u = normalized(&v);
+        let pts = random_units(300, 4, 7);
+        for (i, u) in pts.iter().enumerate() {
             let key: Arc<str> = format!("{}/{i}", if i % 2 == 0 { "even" } else { "odd" }).into();
-            assert_eq!(g.insert(key, &u), i as u32);
-            pts.push(u);
+            assert_eq!(g.insert(key, u), i as u32);
         }
         for (i, u) in pts.iter().enumerate() {
             let hits = g.search(u, 1, 64, "");
@@ -463,21 +471,10 @@ mod tests {
     #[test]
     fn searches_see_the_copied_links_and_the_tail() {
         let g = Graph::new(GraphParams::default(), 8, 10);
-        let mut rng = 5u64;
-        let mut pts = Vec::new();
         let n = 2 * TAIL_MAX + 300;
-        for i in 0..n {
-            let v: Vec<f32> = (0..8)
-                .map(|_| {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-                })
-                .collect();
-            let u = normalized(&v);
-            g.insert(format!("p/{i}").into(), &u);
-            pts.push(u);
+        let pts = random_units(n, 8, 5);
+        for (i, u) in pts.iter().enumerate() {
+            g.insert(format!("p/{i}").into(), u);
         }
         // Copied twice on the way (after 1,025 and 2,050 points); the rest is the tail.
         assert_eq!(g.tail(), n - 2 * (TAIL_MAX + 1));

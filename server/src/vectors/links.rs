@@ -151,14 +151,19 @@ impl Links {
             links.n = seen.iter().position(|s| !s).unwrap_or(n);
             return Links::prefix(links, rows);
         }
-        links.stride = max_row + 1;
-        links.layer0 = vec![0; n * links.stride];
-        for (id, row) in rows.iter().enumerate() {
-            let at = id * links.stride;
-            links.layer0[at] = row.len() as u32;
-            links.layer0[at + 1..at + 1 + row.len()].copy_from_slice(row);
-        }
+        links.set_layer0(&rows, max_row);
         links
+    }
+
+    /// Lays out the layer-0 rows of points `0..n` (`rows[id]`, at most `max_row` each).
+    fn set_layer0(&mut self, rows: &[Vec<u32>], max_row: usize) {
+        self.stride = max_row + 1;
+        self.layer0 = vec![0; self.n * self.stride];
+        for (id, row) in rows.iter().enumerate().take(self.n) {
+            let at = id * self.stride;
+            self.layer0[at] = row.len() as u32;
+            self.layer0[at + 1..at + 1 + row.len()].copy_from_slice(row);
+        }
     }
 
     /// `links` cut to its first `links.n` points.
@@ -180,13 +185,8 @@ impl Links {
             .map(|(&id, lists)| (id, lists.len() as u8))
             .max_by_key(|&(id, l)| (l, Reverse(id)))
             .or((n > 0).then_some((0, 0)));
-        links.stride = rows.iter().map(Vec::len).max().unwrap_or(0) + 1;
-        links.layer0 = vec![0; links.n * links.stride];
-        for (id, row) in rows.iter().enumerate() {
-            let at = id * links.stride;
-            links.layer0[at] = row.len() as u32;
-            links.layer0[at + 1..at + 1 + row.len()].copy_from_slice(row);
-        }
+        let max_row = rows.iter().map(Vec::len).max().unwrap_or(0);
+        links.set_layer0(&rows, max_row);
         links
     }
 
@@ -313,24 +313,7 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vectors::graph::normalized;
-
-    fn points(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
-        let mut rng = seed;
-        (0..n)
-            .map(|_| {
-                let v: Vec<f32> = (0..dim)
-                    .map(|_| {
-                        rng = rng
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-                    })
-                    .collect();
-                normalized(&v)
-            })
-            .collect()
-    }
+    use crate::vectors::graph::random_units as points;
 
     #[test]
     fn packed_distances_order_like_distances() {
