@@ -76,13 +76,19 @@ pub struct VectorConfig {
     /// …and there are at least this many.
     pub rebuild_min_dead: usize,
     /// A prefix search scans storage exactly when at most this many vectors match the
-    /// prefix (or at most 1/8 of all vectors, whichever is larger). Measured with the
-    /// `vectors` bench (100k vectors of 128 and 384 dimensions): hnsw_rs's filtered
-    /// walk does not stop early, so under a prefix of 0.1% of the vectors it took
-    /// 0.7 s where the exact scan took 0.2 ms; at 5% 44-71 ms against 8-13 ms; at 25%
-    /// 13-18 ms against 19-25 ms: the two cross between 10 and 20%.
+    /// prefix (or at most 1/[`EXACT_SHARE`] of all vectors, whichever is larger).
     pub exact_max: u64,
 }
+
+/// A prefix that at most 1/`EXACT_SHARE` of the vectors match is searched by an exact
+/// scan of its range in storage. Measured with the `vectors` bench (100k vectors of 128
+/// and 384 dimensions, 2026-12-07): a filtered walk of the graph steps through
+/// non-matching points until it holds `ef` matching ones, so under a prefix of 0.1% of
+/// the vectors it took 28-41 ms where the exact scan took 0.06 ms; at 5% 2.6-4.7 ms
+/// against 2.5-2.9 ms; at 25% 0.55-1.0 ms against 6 ms and more: the two cross near
+/// 5%. Deciding costs a count of the prefix's vectors in storage, stopped past the
+/// limit: the smaller the share, the cheaper a broad prefix's search.
+pub const EXACT_SHARE: u64 = 20;
 
 impl Default for VectorConfig {
     fn default() -> Self {
@@ -345,7 +351,7 @@ impl VectorIndex {
         };
         let exact = !ready
             || (!prefix.is_empty() && {
-                let limit = self.config.exact_max.max(total / 8);
+                let limit = self.config.exact_max.max(total / EXACT_SHARE);
                 reader.count_vectors(prefix, limit + 1)? <= limit
             });
         let mut top = TopK::new(k, min_score);
