@@ -49,6 +49,9 @@ use crate::store::{Commit, CommitHook, RemoteVersion, ReplicaId, Store};
 /// The libp2p protocol name of replication messages.
 pub const SYNC_PROTOCOL: &str = "/ringbase/sync/1";
 
+/// Seconds between two dials of a node found on the LAN while it is not connected.
+const LAN_REDIAL_TICKS: u64 = 10;
+
 /// Local writes queued for pushing before the oldest are dropped (anti-entropy sends
 /// them anyway: a push only makes a write arrive sooner).
 const PUSH_QUEUE: usize = 65_536;
@@ -311,6 +314,7 @@ pub fn start(
                 .iter()
                 .map(|a| (without_peer_id(a), a.clone(), None))
                 .collect(),
+            lan: HashMap::new(),
             replicas: HashMap::new(),
             relays: HashMap::new(),
             mode: opts.mode,
@@ -361,6 +365,10 @@ struct Node {
     topic: kad::RecordKey,
     /// `--peer` addresses (without `/p2p/`), as given, and the peer last reached there.
     explicit: Vec<(Multiaddr, Multiaddr, Option<PeerId>)>,
+    /// Nodes mDNS found on the local network (`lan` mode) and their addresses, until
+    /// their records expire: dialled again while not connected (a first dial can fail,
+    /// and mDNS may not announce them again for minutes).
+    lan: HashMap<PeerId, Vec<Multiaddr>>,
     /// Connected replicas.
     replicas: HashMap<PeerId, Conn>,
     /// Connected relays (`relay` mode).
@@ -423,9 +431,17 @@ impl Node {
             self.send(&p, &m);
         }
         self.update_peers();
-        // Explicit peers not connected: dial again every few seconds.
+        // Explicit peers not connected: dial again every few seconds; nodes found on
+        // the LAN less often (some may be servers of another database, which refuse).
         if ticks.is_multiple_of(3) {
             self.dial_explicit();
+        }
+        if ticks.is_multiple_of(LAN_REDIAL_TICKS) {
+            let found: Vec<(PeerId, Vec<Multiaddr>)> =
+                self.lan.iter().map(|(p, a)| (*p, a.clone())).collect();
+            for (p, addrs) in found {
+                self.dial_found(p, addrs);
+            }
         }
         // Relays we are connected to but do not listen through (a reservation refused
         // or expired): ask again.
@@ -554,10 +570,24 @@ impl Node {
             SwarmEvent::Behaviour(ReplicaBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (p, a) in found {
+                    let known = self.lan.entry(p).or_default();
+                    if !known.contains(&a) {
+                        known.push(a.clone());
+                    }
                     by_peer.entry(p).or_default().push(a);
                 }
                 for (p, addrs) in by_peer {
                     self.dial_found(p, addrs);
+                }
+            }
+            SwarmEvent::Behaviour(ReplicaBehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                for (p, a) in gone {
+                    if let Some(known) = self.lan.get_mut(&p) {
+                        known.retain(|k| *k != a);
+                        if known.is_empty() {
+                            self.lan.remove(&p);
+                        }
+                    }
                 }
             }
             _ => {}

@@ -164,8 +164,18 @@ pub(crate) fn replica_swarm(
     };
     let mdns = if mode == SyncMode::Lan {
         Some(
-            mdns::tokio::Behaviour::new(mdns::Config::default(), id)
-                .map_err(|e| format!("starting mDNS: {e}"))?,
+            mdns::tokio::Behaviour::new(
+                mdns::Config {
+                    // Ask again every 20 s (libp2p's default: 5 min), not only while
+                    // probing at start: a lost packet, or an answer from a server of
+                    // another database that ends the probing, must not hide replicas
+                    // for minutes.
+                    query_interval: Duration::from_secs(20),
+                    ..mdns::Config::default()
+                },
+                id,
+            )
+            .map_err(|e| format!("starting mDNS: {e}"))?,
         )
     } else {
         None
