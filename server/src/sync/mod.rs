@@ -15,8 +15,8 @@
 //!   `sync_vv`), applied versions reaching the commit hook like local writes;
 //! - [`wire`]: protocol messages to and from their rkyv form;
 //! - [`transport`]: the node's identity, its libp2p transports (private network,
-//!   Noise, Yamux; circuit relay), discovery by mode (`peers`, `lan`, `dht`, `relay`)
-//!   and the relay server;
+//!   Noise, Yamux; circuit relay), discovery by mode (`peers`, `lan`, `dht`, `relay`),
+//!   the sync messages' protocol name and codec, and the relay server;
 //! - [`net`]: the sync engine that drives anti-entropy over the swarm, and its status.
 //!
 //! # Tombstones

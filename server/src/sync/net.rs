@@ -26,14 +26,14 @@ use std::time::Duration;
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::Blake2bMac;
 use libp2p::core::ConnectedPoint;
-use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{kad, mdns, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{kad, mdns, Multiaddr, PeerId, Swarm};
 use ringbase_protocol::message::{PeerStatus, SyncStatusInfo};
-use ringbase_protocol::sync::{decode_sync, encode_sync, Runs, MAX_SYNC_MESSAGE};
+use ringbase_protocol::sync::{decode_sync, encode_sync, Runs};
 
 use super::merge::RecordVersion;
 use super::protocol::{Message, Replica, SyncConfig, VersionStore};
@@ -45,9 +45,6 @@ use super::transport::{
 use super::vv::VersionVector;
 use super::wire::{from_wire, to_wire};
 use crate::store::{Commit, CommitHook, RemoteVersion, ReplicaId, Store};
-
-/// The libp2p protocol name of replication messages.
-pub const SYNC_PROTOCOL: &str = "/ringbase/sync/1";
 
 /// Seconds between two dials of a node found on the LAN while it is not connected.
 const LAN_REDIAL_TICKS: u64 = 10;
@@ -192,70 +189,6 @@ impl SyncHandle {
 impl Drop for SyncHandle {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The codec of sync requests: a little-endian u32 length, then the archive; the
-/// response is one byte.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Codec;
-
-impl request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = ();
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_SYNC_MESSAGE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("a sync message of {len} bytes (max {MAX_SYNC_MESSAGE})"),
-            ));
-        }
-        let mut buf = vec![0u8; len];
-        io.read_exact(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<()>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut ack = [0u8; 1];
-        io.read_exact(&mut ack).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&(req.len() as u32).to_le_bytes()).await?;
-        io.write_all(&req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        (): (),
-    ) -> std::io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&[1]).await?;
-        io.close().await
     }
 }
 

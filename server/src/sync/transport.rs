@@ -1,5 +1,6 @@
 //! The libp2p side of replication: the node's identity, its transports, how peers are
-//! found (the [`SyncMode`]s), and the relay (`ringbase relay`).
+//! found (the [`SyncMode`]s), the codec of sync messages, and the relay (`ringbase
+//! relay`).
 //!
 //! Transports, by mode:
 //!
@@ -29,7 +30,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version as UpgradeVersion;
 use libp2p::core::transport::Boxed;
 use libp2p::core::ConnectedPoint;
-use libp2p::futures::StreamExt;
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
@@ -39,7 +40,10 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::Transport;
 use libp2p::{kad, mdns, noise, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 
-use super::net::{Codec, SYNC_PROTOCOL};
+use ringbase_protocol::sync::MAX_SYNC_MESSAGE;
+
+/// The libp2p protocol name of replication messages.
+pub const SYNC_PROTOCOL: &str = "/ringbase/sync/1";
 
 /// The Kademlia protocol of Ringbase nodes (not the public IPFS DHT's).
 pub const KAD_PROTOCOL: &str = "/ringbase/kad/1";
@@ -348,4 +352,68 @@ pub fn run_relay(opts: RelayOptions, mut ready: impl FnMut(&Multiaddr)) -> Resul
             }
         }
     })
+}
+
+/// The codec of sync requests: a little-endian u32 length, then the archive; the
+/// response is one byte.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Codec;
+
+impl request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_SYNC_MESSAGE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a sync message of {len} bytes (max {MAX_SYNC_MESSAGE})"),
+            ));
+        }
+        let mut buf = vec![0u8; len];
+        io.read_exact(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&(req.len() as u32).to_le_bytes()).await?;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        (): (),
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[1]).await?;
+        io.close().await
+    }
 }

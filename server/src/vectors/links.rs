@@ -20,7 +20,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use hnsw_rs::hnsw::{Hnsw, Neighbour};
 
-use super::graph::{dot, UnitCosine};
+use super::distance::{dot, UnitCosine};
 
 /// The links of the first `len()` points of a graph.
 #[derive(Debug, Default)]
@@ -313,7 +313,7 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vectors::graph::random_units as points;
+    use crate::vectors::distance::random_units as points;
 
     #[test]
     fn packed_distances_order_like_distances() {

@@ -47,6 +47,7 @@
 //! until `k` live results are found or the graph has none left. See
 //! [`VectorConfig::exact_max`].
 
+mod distance;
 mod graph;
 mod links;
 mod persist;
@@ -58,7 +59,8 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use graph::{dot, normalized, Graph, GraphParams};
+pub use distance::{dot, normalized};
+pub use graph::{Graph, GraphParams};
 
 use ringbase_protocol::message::VectorStatus;
 
