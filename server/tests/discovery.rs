@@ -66,6 +66,18 @@ fn sees(c: &mut Client, peer: &str) -> bool {
     sync_status(c).peers.iter().any(|p| p.peer == peer)
 }
 
+/// Waits (at most 60 s) until the servers of `a` and `b` are connected replicas of
+/// each other; else fails with `failure` and both statuses.
+fn meet(a: &mut Client, b: &mut Client, failure: &str) {
+    let (ida, idb) = (sync_status(a).peer_id, sync_status(b).peer_id);
+    assert!(
+        eventually(Duration::from_secs(60), || sees(a, &idb) && sees(b, &ida)),
+        "{failure}: {:?} / {:?}",
+        sync_status(a),
+        sync_status(b)
+    );
+}
+
 fn value(c: &mut Client, key: &str) -> Option<Vec<u8>> {
     c.get(key).unwrap().map(|r| r.value)
 }
@@ -91,16 +103,9 @@ fn dht_replicas_find_each_other_through_a_bootstrap_server() {
     let b = server(&rt, "b", "dht", &s, &args);
     let c = server(&rt, "c", "dht", &s, &args);
     let (mut cb, mut cc) = (b.connect(), c.connect());
-    let (idb, idc) = (sync_status(&mut cb).peer_id, sync_status(&mut cc).peer_id);
     assert_eq!(sync_status(&mut cb).mode, "dht");
     // b and c were given only the bootstrap server's address.
-    assert!(
-        eventually(Duration::from_secs(60), || sees(&mut cb, &idc)
-            && sees(&mut cc, &idb)),
-        "b and c never found each other: {:?} / {:?}",
-        sync_status(&mut cb),
-        sync_status(&mut cc)
-    );
+    meet(&mut cb, &mut cc, "b and c never found each other");
     // Without the bootstrap server, they still replicate with each other.
     drop(boot);
     cb.put_json("from-b", "1").unwrap();
@@ -162,14 +167,7 @@ fn relay_replicas_converge_through_the_relay_only() {
     let c = server(&rt, "c", "relay", &s, &args);
     let x = server(&rt, "x", "relay", &other, &args);
     let (mut cb, mut cc, mut cx) = (b.connect(), c.connect(), x.connect());
-    let (idb, idc) = (sync_status(&mut cb).peer_id, sync_status(&mut cc).peer_id);
-    assert!(
-        eventually(Duration::from_secs(60), || sees(&mut cb, &idc)
-            && sees(&mut cc, &idb)),
-        "b and c never met through the relay: {:?} / {:?}",
-        sync_status(&mut cb),
-        sync_status(&mut cc)
-    );
+    meet(&mut cb, &mut cc, "b and c never met through the relay");
     // They listen on no TCP port of their own: only on circuits of the relay.
     for cl in [&mut cb, &mut cc] {
         let st = sync_status(cl);
@@ -282,14 +280,7 @@ fn lan_replicas_on_two_hosts_find_each_other_by_mdns() {
     let b = server_in(&["nsenter", &nsb], &rt, "b", "lan", &s, &listen);
     let x = server_in(&["nsenter", &nsb], &rt, "x", "lan", &other, &listen);
     let (mut ca, mut cb, mut cx) = (a.connect(), b.connect(), x.connect());
-    let (ida, idb) = (sync_status(&mut ca).peer_id, sync_status(&mut cb).peer_id);
-    assert!(
-        eventually(Duration::from_secs(60), || sees(&mut ca, &idb)
-            && sees(&mut cb, &ida)),
-        "a and b never found each other: {:?} / {:?}",
-        sync_status(&mut ca),
-        sync_status(&mut cb)
-    );
+    meet(&mut ca, &mut cb, "a and b never found each other");
     // They met over the LAN (a's address on it), not over loopback.
     assert!(sync_status(&mut ca)
         .listening

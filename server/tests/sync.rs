@@ -289,6 +289,11 @@ fn a_server_with_another_secret_never_connects() {
 
 #[test]
 fn sync_flags_are_checked() {
+    // A start refused with exit code 2 and a message that says `why`.
+    let refused = |(code, err): (Option<i32>, String), why: &str| {
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(why), "{err}");
+    };
     let rt = TempDir::new("sync-flags");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(ringbase_bin())
@@ -303,27 +308,22 @@ fn sync_flags_are_checked() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, err) = run(&["--peer", "/ip4/127.0.0.1/tcp/1"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--sync peers"), "{err}");
-    let (code, err) = run(&["--max-clock-skew", "5"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--sync peers"), "{err}");
-    let (code, err) = run(&["--sync", "dht", "--db-id", "x"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--secret-file"), "{err}");
+    refused(run(&["--peer", "/ip4/127.0.0.1/tcp/1"]), "--sync peers");
+    refused(run(&["--max-clock-skew", "5"]), "--sync peers");
+    refused(run(&["--sync", "dht", "--db-id", "x"]), "--secret-file");
     let short = rt.path().join("short");
     std::fs::write(&short, "too short").unwrap();
-    let (code, err) = run(&[
-        "--sync",
-        "peers",
-        "--db-id",
-        "x",
-        "--secret-file",
-        short.to_str().unwrap(),
-    ]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("at least 16"), "{err}");
+    refused(
+        run(&[
+            "--sync",
+            "peers",
+            "--db-id",
+            "x",
+            "--secret-file",
+            short.to_str().unwrap(),
+        ]),
+        "at least 16",
+    );
     let good = rt.path().join("good");
     std::fs::write(&good, "a secret of 32 bytes, or nearly.").unwrap();
     let good = good.to_str().unwrap();
@@ -332,35 +332,31 @@ fn sync_flags_are_checked() {
         a.extend_from_slice(extra);
         run(&a)
     };
-    let (code, err) = with(&["--sync", "relay"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("relay's address"), "{err}");
-    let (code, err) = with(&[
-        "--sync",
-        "relay",
+    refused(with(&["--sync", "relay"]), "relay's address");
+    refused(
+        with(&[
+            "--sync",
+            "relay",
+            "--peer",
+            "/ip4/127.0.0.1/tcp/1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]),
+        "drop --listen",
+    );
+    refused(with(&["--sync", "dht"]), "bootstrap");
+    refused(with(&["--sync", "peers"]), "--peer");
+    refused(
+        run(&[
+            "--sync",
+            "peers",
+            "--db-id",
+            "x",
+            "--secret-file",
+            short.to_str().unwrap(),
+            "--peer",
+            "nonsense",
+        ]),
         "--peer",
-        "/ip4/127.0.0.1/tcp/1",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-    ]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("drop --listen"), "{err}");
-    let (code, err) = with(&["--sync", "dht"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("bootstrap"), "{err}");
-    let (code, err) = with(&["--sync", "peers"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--peer"), "{err}");
-    let (code, err) = run(&[
-        "--sync",
-        "peers",
-        "--db-id",
-        "x",
-        "--secret-file",
-        short.to_str().unwrap(),
-        "--peer",
-        "nonsense",
-    ]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--peer"), "{err}");
+    );
 }
