@@ -20,7 +20,14 @@ use std::collections::{BinaryHeap, HashMap};
 
 use hnsw_rs::hnsw::{Hnsw, Neighbour};
 
-use super::distance::{dot, UnitCosine};
+use super::distance::{dot, prefetch, UnitCosine};
+
+/// How many vectors ahead of the distance being computed a search starts loading them
+/// (a point's vector is far from the last one's in memory, so each is a cache miss
+/// otherwise). Measured on 100k-vector graphs, p50 at ef 64, in process: 384 dims
+/// 185 µs without prefetching, 139 µs one ahead, 128-131 µs four ahead, worse from 8
+/// on (the loads evict what the search still reads); 128 dims 112 -> 94 µs.
+const AHEAD: usize = 4;
 
 /// The links of the first `len()` points of a graph.
 #[derive(Debug, Default)]
@@ -60,6 +67,8 @@ fn unpack(x: u64) -> (f32, u32) {
 struct Visited {
     marks: Vec<u32>,
     stamp: u32,
+    /// Scratch: the unvisited neighbours of the point being expanded.
+    fresh: Vec<u32>,
 }
 
 impl Visited {
@@ -84,6 +93,20 @@ impl Visited {
         *m = self.stamp;
         first
     }
+
+    /// Marks the points of `row`; those that were unvisited, in order.
+    #[inline]
+    fn first_visits(&mut self, row: &[u32]) -> &[u32] {
+        self.fresh.clear();
+        for &id in row {
+            let m = &mut self.marks[id as usize];
+            if *m != self.stamp {
+                *m = self.stamp;
+                self.fresh.push(id);
+            }
+        }
+        &self.fresh
+    }
 }
 
 thread_local! {
@@ -91,6 +114,7 @@ thread_local! {
         RefCell::new(Visited {
             marks: Vec::new(),
             stamp: 0,
+            fresh: Vec::new(),
         })
     };
 }
@@ -278,9 +302,15 @@ impl Links {
             if d > bound {
                 break;
             }
-            for &nb in self.row(id) {
-                if !visited.first_visit(nb) {
-                    continue;
+            // The unvisited neighbours first, then their distances, each vector's
+            // loads started a step ahead.
+            let fresh = visited.first_visits(self.row(id));
+            for &nb in &fresh[..fresh.len().min(AHEAD)] {
+                prefetch(vec_of(nb));
+            }
+            for (i, &nb) in fresh.iter().enumerate() {
+                if let Some(&next) = fresh.get(i + AHEAD) {
+                    prefetch(vec_of(next));
                 }
                 let dn = distance(query, vec_of(nb));
                 if results.len() < ef || dn < bound {
@@ -295,6 +325,11 @@ impl Links {
                         }
                     }
                 }
+            }
+            // The next point to expand: start loading its row.
+            if let Some(&Reverse(next)) = candidates.peek() {
+                let at = unpack(next).1 as usize * self.stride;
+                prefetch(&self.layer0[at..at + self.stride]);
             }
         }
         let mut out: Vec<(u32, f32)> = results
