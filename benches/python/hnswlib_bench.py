@@ -1,8 +1,13 @@
-"""hnswlib on the vectors bench's data set: build time, then recall@k and queries/s
-for each ef, single-threaded. Run by `benches/src/bin/vectors.rs`; prints one JSON
-object on stdout.
+"""hnswlib on the vectors bench's data set, as a search server for the bench.
 
-    python3 hnswlib_bench.py DIR DIM M EF_CONSTRUCTION EFS K
+    python3 hnswlib_bench.py DIR DIM M EF_CONSTRUCTION K
+
+Builds the index (one thread), prints one JSON line {version, build_s,
+peak_rss_growth_mib}, then reads one ef per line on stdin and answers each with one
+JSON line {ef, recall, qps}: the held-out queries searched at that ef, single-threaded,
+in one batch call (no Python overhead per query in the timing). Ends at end of input.
+Run by `benches/src/bin/vectors.rs`, which takes turns between this index, the server
+and the in-process graph, so that all three meet the same moments of the machine.
 
 DIR holds base.f32 and queries.f32 (little-endian float32, row-major, DIM columns) and
 gt.u32 (the exact top-K ids of each query, uint32).
@@ -19,9 +24,8 @@ import numpy as np
 
 
 def main():
-    d, dim, m, efc, efs, k = sys.argv[1:7]
+    d, dim, m, efc, k = sys.argv[1:6]
     dim, m, efc, k = int(dim), int(m), int(efc), int(k)
-    efs = [int(x) for x in efs.split(",")]
     base = np.fromfile(f"{d}/base.f32", dtype="<f4").reshape(-1, dim)
     queries = np.fromfile(f"{d}/queries.f32", dtype="<f4").reshape(-1, dim)
     gt = np.fromfile(f"{d}/gt.u32", dtype="<u4").reshape(-1, k)
@@ -34,28 +38,24 @@ def main():
     index.add_items(base, np.arange(len(base)), num_threads=1)
     build_s = time.perf_counter() - t
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    built = {
+        "version": importlib.metadata.version("hnswlib"),
+        "build_s": build_s,
+        "peak_rss_growth_mib": (rss1 - rss0) / 1024.0,
+    }
+    print(json.dumps(built), flush=True)
 
-    results = []
-    for ef in efs:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        ef = int(line)
         index.set_ef(max(ef, k))
-        # One batch call on one thread: no Python overhead per query in the timing.
         t = time.perf_counter()
         labels, _ = index.knn_query(queries, k=k, num_threads=1)
         secs = time.perf_counter() - t
         hits = sum(len(set(labels[i]) & set(gt[i])) for i in range(len(queries)))
-        results.append(
-            {"ef": ef, "recall": hits / (k * len(queries)), "qps": len(queries) / secs}
-        )
-    print(
-        json.dumps(
-            {
-                "version": importlib.metadata.version("hnswlib"),
-                "build_s": build_s,
-                "peak_rss_growth_mib": (rss1 - rss0) / 1024.0,
-                "results": results,
-            }
-        )
-    )
+        answer = {"ef": ef, "recall": hits / (k * len(queries)), "qps": len(queries) / secs}
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":
