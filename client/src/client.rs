@@ -15,7 +15,7 @@ use ringbase_protocol::message::{
 };
 use ringbase_protocol::paths::{self, ServerPaths};
 use ringbase_protocol::ring::{
-    Backoff, Consumer, FrameRef, Phase, Producer, FRAME_REQUEST, FRAME_RESPONSE,
+    shares_cpu, Backoff, Consumer, FrameRef, Phase, Producer, FRAME_REQUEST, FRAME_RESPONSE,
 };
 use ringbase_protocol::segment::Segment;
 use ringbase_protocol::PROTOCOL_VERSION;
@@ -324,6 +324,9 @@ impl Client {
             }
             self.wait_for_space(len)?;
         }
+        // Where the session looks before spinning for the next request (ring docs,
+        // "Sharing a CPU").
+        self.req.announce_cpu();
         self.woke_server |= self.req.flush();
         self.next_corr += 1;
         self.in_flight.push_back(corr);
@@ -537,7 +540,9 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => return Err(self.violation(e.to_string())),
             }
-            if w.step() == Phase::Sleep {
+            // The session thread working on this request on this very CPU: yield to it.
+            let resp = &self.resp;
+            if w.step_sharing(|| shares_cpu(resp.producer_cpu())) == Phase::Sleep {
                 slept = true;
                 let _ = self.resp.sleep(LIVENESS_SLICE);
                 if !self.resp.has_data().unwrap_or(true) {

@@ -31,6 +31,8 @@
 //!
 //! ring control block (see `ring.rs`), one 64-byte cache line per writer:
 //! 0     8   tail   — written only by the producer: bytes ever published
+//! 8     4   producer_cpu — written only by the producer: the CPU it last announced + 1
+//!           (0 = none; a hint for the waiter, see "Sharing a CPU" in `ring.rs`)
 //! 64    8   head   — written only by the consumer: bytes ever consumed
 //! 128   4   consumer_sleeping futex word (1 = consumer announced it sleeps)
 //! 192   4   producer_sleeping futex word (1 = producer waits for space)

@@ -29,8 +29,8 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use ringbase_protocol::layout::RING_CTL_SIZE;
 use ringbase_protocol::ring::{
-    align_frame, frame_size, Consumer, FrameRef, Producer, RingError, RingPtr, FRAME_EVENT,
-    FRAME_HEADER, FRAME_PAD, FRAME_REQUEST, FRAME_RESPONSE,
+    align_frame, frame_size, shares_cpu, Consumer, FrameRef, Producer, RingError, RingPtr,
+    FRAME_EVENT, FRAME_HEADER, FRAME_PAD, FRAME_REQUEST, FRAME_RESPONSE,
 };
 use rkyv::util::AlignedVec;
 
@@ -40,6 +40,7 @@ use rkyv::util::AlignedVec;
 
 /// Control block offsets, written down independently of `ring.rs` (see `layout.rs`).
 const CTL_TAIL: usize = 0;
+const CTL_PRODUCER_CPU: usize = 8;
 const CTL_HEAD: usize = 64;
 const CTL_CONSUMER_SLEEPING: usize = 128;
 const CTL_PRODUCER_SLEEPING: usize = 192;
@@ -639,6 +640,33 @@ proptest! {
 
 /// A long deterministic stream of maximal and tiny frames, beyond what one proptest case
 /// pushes: thousands of wrap-arounds with a padding frame at almost every one.
+#[test]
+fn the_producer_cpu_word_is_only_a_hint() {
+    let mem = RingMem::new(4096);
+    let mut p = mem.ring().producer().expect("producer");
+    let mut c = mem.ring().consumer().expect("consumer");
+    assert_eq!(c.producer_cpu(), 0, "nothing announced yet");
+    p.announce_cpu();
+    let announced = c.producer_cpu();
+    assert_ne!(announced, 0, "Linux tells a thread its CPU");
+    assert_eq!(
+        mem.word32(CTL_PRODUCER_CPU).load(Ordering::SeqCst),
+        announced
+    );
+    // Whatever a hostile peer writes there, frames flow as before.
+    for junk in [u32::MAX, 1, 0x8000_0000] {
+        mem.word32(CTL_PRODUCER_CPU).store(junk, Ordering::SeqCst);
+        assert!(p.try_write(1, 0, 7, b"hello").expect("write"));
+        p.flush();
+        let f = c.peek().expect("peek").expect("a frame");
+        assert_eq!((f.corr, f.len), (7, 5));
+        c.release(&f);
+        c.flush();
+        assert_eq!(c.producer_cpu(), junk);
+        assert!(!shares_cpu(0), "0 names no CPU");
+    }
+}
+
 #[test]
 fn threaded_stream_long_run() {
     let cap = 4096;

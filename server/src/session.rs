@@ -26,7 +26,8 @@ use ringbase_protocol::message::{
     access_request, encode_event, encode_response, ErrorCode, Event, Response,
 };
 use ringbase_protocol::ring::{
-    Backoff, Consumer, Phase, Producer, RingError, FRAME_EVENT, FRAME_REQUEST, FRAME_RESPONSE,
+    shares_cpu, Backoff, Consumer, Phase, Producer, RingError, FRAME_EVENT, FRAME_REQUEST,
+    FRAME_RESPONSE,
 };
 use ringbase_protocol::segment::Segment;
 use rkyv::util::AlignedVec;
@@ -265,6 +266,11 @@ impl SessionLoop<'_> {
             while served < BURST {
                 self.check()?;
                 let Some(f) = self.req.peek()? else { break };
+                if served == 0 {
+                    // Where the client looks while it waits for the answers (ring docs,
+                    // "Sharing a CPU").
+                    self.resp.announce_cpu();
+                }
                 self.req.copy_payload(&f, &mut self.inbuf);
                 self.req.advance(&f);
                 served += 1;
@@ -445,7 +451,9 @@ impl SessionLoop<'_> {
                 continue;
             }
             self.check()?;
-            if w.step() == Phase::Sleep {
+            // The client on this very CPU: yield to it while it prepares the next request.
+            let req = &self.req;
+            if w.step_sharing(|| shares_cpu(req.producer_cpu())) == Phase::Sleep {
                 slept = true;
                 // Not blocked here (handled above): the watch's news is a wake-up reason.
                 let client = &self.client;
