@@ -643,6 +643,46 @@ fn set_thread_cpus(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Restricts every thread of process `pid` that exists now to `cpus` (threads it starts
+/// later inherit the set of the thread that starts them).
+///
+/// # Errors
+///
+/// If its threads cannot be listed, or a thread's set cannot be changed (a thread that
+/// ended meanwhile is skipped).
+pub fn set_process_cpus(pid: u32, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no CPU {c}"),
+            ));
+        }
+        // SAFETY: `c` is below CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: `tid` is a thread id; `set` is a cpu_set_t of the size passed.
+        let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Pins the calling thread to some CPUs until dropped, then restores its previous set.
 /// Threads spawned meanwhile inherit the pinning.
 #[derive(Debug)]

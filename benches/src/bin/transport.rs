@@ -6,6 +6,9 @@
 //! - **shm busy-poll**: the shared-memory rings, client in [`WaitMode::BusyPoll`];
 //! - **shm adaptive**: the same, client in [`WaitMode::Adaptive`] (spin for a bounded,
 //!   adaptive time, then sleep on the futex);
+//! - **shm adaptive, pinned same CPU**: adaptive again, with the bench and the whole
+//!   server pinned to one CPU, where a waiter that spins would hold the CPU its peer
+//!   needs (the rings yield it: see "Sharing a CPU" in `protocol/src/ring.rs`);
 //! - **shm adaptive, 1 ms / 16 ms idle**: adaptive again, but with a pause before every
 //!   call (1 ms, and a 60 Hz frame's 16 ms), so that the server's session thread has used
 //!   up its spin budget and sleeps on its futex when the request arrives: the cost of
@@ -56,8 +59,8 @@ use std::time::{Duration, Instant};
 
 use ringbase_benches::floor::Words;
 use ringbase_benches::harness::{
-    allowed_cpus, check_server, exit_code, usage_error, write_json, Args, ChildGuard, CpuMeter,
-    DefaultPaths, OtherCpu, PinGuard, TempDir, Watchdog, SERVER_READY,
+    allowed_cpus, check_server, exit_code, set_process_cpus, usage_error, write_json, Args,
+    ChildGuard, CpuMeter, DefaultPaths, OtherCpu, PinGuard, TempDir, Watchdog, SERVER_READY,
 };
 use ringbase_benches::stats::{clock_read_ns, rate, us, Summary};
 use ringbase_client::{Client, ConnectOptions, Request, Response, ValueKind, WaitMode};
@@ -717,10 +720,45 @@ fn shm_rows(cfg: &Config, wd: &Watchdog, tmp: &Path) -> Result<Vec<Row>> {
             rows.push(measure(wd, cfg, &mut t, &pids, label, msg, calls, n)?);
         }
     }
+    if !cfg.idle_only {
+        rows.extend(pinned_shm_rows(cfg, wd, &runtime_dir, &pids)?);
+    }
     rows.extend(idle_rows(cfg, wd, tmp, &runtime_dir, &pids)?);
     // Stopped here so that it cannot disturb the baseline.
     drop(server);
     Ok(rows)
+}
+
+/// The adaptive rows again with the bench and the whole server (`pids[1]`, its new
+/// session thread included) pinned to one CPU: the placement in which a waiter that
+/// spins holds the CPU its peer needs for the answer (the rings' "Sharing a CPU"). The
+/// server gets all of its CPUs back afterwards.
+fn pinned_shm_rows(
+    cfg: &Config,
+    wd: &Watchdog,
+    runtime_dir: &Path,
+    pids: &[u32; 2],
+) -> Result<Vec<Row>> {
+    let cpus = allowed_cpus()?;
+    let Some(&cpu) = cpus.first() else {
+        return Ok(Vec::new());
+    };
+    let label = "shm adaptive, pinned same CPU";
+    wd.arm(format!("connecting ({label})"), CONNECT_LIMIT);
+    let mut t = Shm::connect(runtime_dir, WaitMode::Adaptive)?;
+    set_process_cpus(pids[1], &[cpu])?;
+    let rows = {
+        let _pin = PinGuard::pin(&[cpu])?;
+        Msg::ALL
+            .into_iter()
+            .map(|msg| {
+                let n = cfg.shm_pipelined;
+                measure(wd, cfg, &mut t, pids, label, msg, cfg.slow_calls, n)
+            })
+            .collect::<Result<Vec<Row>>>()
+    };
+    set_process_cpus(pids[1], &cpus)?;
+    rows
 }
 
 /// The after-idle rows: for each pause in [`IDLES`], a Ping and a 100-byte Get over an

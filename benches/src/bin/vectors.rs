@@ -713,6 +713,18 @@ fn run(cfg: &Config) -> Result<()> {
             }
         }
         eprintln!("  searches: {} rounds", cfg.rounds);
+        for (i, ef) in EFS.iter().enumerate() {
+            let per_round: Vec<String> = (0..cfg.rounds)
+                .map(|r| {
+                    let p50 = |s: usize| pooled_p50(&blocks[s][r][i]).map_or(f64::NAN, |x| x / 1e3);
+                    format!("{:.0}/{:.0}", p50(0), p50(1))
+                })
+                .collect();
+            eprintln!(
+                "    ef {ef}: p50 µs client/in-process by round: {}",
+                per_round.join(" ")
+            );
+        }
         server.points = points_of(&blocks[0]);
         let local = SystemRun {
             name: "in-process (hnsw_rs)",
