@@ -26,8 +26,8 @@ use ringbase_protocol::message::{
     access_request, encode_event, encode_response, ErrorCode, Event, Response,
 };
 use ringbase_protocol::ring::{
-    shares_cpu, Backoff, Consumer, Phase, Producer, RingError, FRAME_EVENT, FRAME_REQUEST,
-    FRAME_RESPONSE,
+    move_off_cpu, shares_cpu, Backoff, Consumer, Phase, Producer, RingError, FRAME_EVENT,
+    FRAME_REQUEST, FRAME_RESPONSE,
 };
 use ringbase_protocol::segment::Segment;
 use rkyv::util::AlignedVec;
@@ -451,9 +451,11 @@ impl SessionLoop<'_> {
                 continue;
             }
             self.check()?;
-            // The client on this very CPU: yield to it while it prepares the next request.
+            // The client on this very CPU: move to another one and spin on there (or
+            // yield to it, if there is none) while it prepares the next request.
             let req = &self.req;
-            if w.step_sharing(|| shares_cpu(req.producer_cpu())) == Phase::Sleep {
+            let shares = || shares_cpu(req.producer_cpu()) && !move_off_cpu();
+            if w.step_sharing(shares) == Phase::Sleep {
                 slept = true;
                 // Not blocked here (handled above): the watch's news is a wake-up reason.
                 let client = &self.client;
