@@ -621,8 +621,8 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Restricts the calling thread to `cpus`.
-fn set_thread_cpus(cpus: &[usize]) -> io::Result<()> {
+/// The set of `cpus`.
+fn cpu_set(cpus: &[usize]) -> io::Result<libc::cpu_set_t> {
     // SAFETY: an all-zero cpu_set_t is a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
@@ -635,6 +635,12 @@ fn set_thread_cpus(cpus: &[usize]) -> io::Result<()> {
         // SAFETY: `c` is below CPU_SETSIZE, checked above.
         unsafe { libc::CPU_SET(c, &mut set) };
     }
+    Ok(set)
+}
+
+/// Restricts the calling thread to `cpus`.
+fn set_thread_cpus(cpus: &[usize]) -> io::Result<()> {
+    let set = cpu_set(cpus)?;
     // SAFETY: pid 0 = the calling thread; `set` is a cpu_set_t of the size passed.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if rc != 0 {
@@ -651,18 +657,7 @@ fn set_thread_cpus(cpus: &[usize]) -> io::Result<()> {
 /// If its threads cannot be listed, or a thread's set cannot be changed (a thread that
 /// ended meanwhile is skipped).
 pub fn set_process_cpus(pid: u32, cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        if c >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("no CPU {c}"),
-            ));
-        }
-        // SAFETY: `c` is below CPU_SETSIZE, checked above.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
+    let set = cpu_set(cpus)?;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let Some(tid) = task?
             .file_name()
