@@ -99,9 +99,7 @@ impl Visited {
     fn first_visits(&mut self, row: &[u32]) -> &[u32] {
         self.fresh.clear();
         for &id in row {
-            let m = &mut self.marks[id as usize];
-            if *m != self.stamp {
-                *m = self.stamp;
+            if self.first_visit(id) {
                 self.fresh.push(id);
             }
         }
