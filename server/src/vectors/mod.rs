@@ -45,7 +45,10 @@
 //! scan when most points fail the filter); otherwise the graph is searched, filtered
 //! on the prefix, over-fetching when dead points may hide results and retrying wider
 //! until `k` live results are found or the graph has none left. See
-//! [`VectorConfig::exact_max`].
+//! [`VectorConfig::exact_max`]. A graph search reads the bookkeeping twice (pending
+//! vectors before the walk, which points are live after it) and starts again if a
+//! rebuild's swap or a commit that replaced a vector came in between (`epoch`), so its
+//! answer is that of one state.
 
 mod distance;
 mod graph;
@@ -110,11 +113,16 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(600);
 /// next start rebuilds instead of delaying this shutdown).
 const SHUTDOWN_INSERT_MAX: usize = 2000;
 
+/// Searches that may start again because the bookkeeping changed under them before one
+/// holds the state lock for its whole walk.
+const OPTIMISTIC_SEARCHES: usize = 3;
+
 /// One search result: key, score (`max(0, cosine similarity)`).
 pub type Hit = (String, f32);
 
-/// The index's bookkeeping, under one lock (held briefly: never during a graph insert
-/// or search).
+/// The index's bookkeeping, under one lock (held briefly: never during a graph insert,
+/// and during a graph search only when writes keep changing it, see
+/// [`VectorIndex::search_graph`]).
 struct State {
     /// The graph that serves searches (empty until the first build is swapped in).
     graph: Arc<Graph>,
@@ -130,6 +138,17 @@ struct State {
     dead: usize,
     rebuilds: u64,
     last_rebuild_ms: u64,
+    /// Bumped by every change a search walking the graph without the lock could
+    /// mis-read (see [`VectorIndex::search_graph`]): a new graph, and a commit that
+    /// replaces or deletes a vector already in `live` or `pending`.
+    epoch: u64,
+}
+
+impl State {
+    /// Dead points per point of `graph`.
+    fn dead_fraction(&self) -> f64 {
+        self.dead as f64 / self.graph.len().max(1) as f64
+    }
 }
 
 /// Wakes the index thread.
@@ -196,6 +215,7 @@ impl VectorIndex {
                 dead: 0,
                 rebuilds: 0,
                 last_rebuild_ms: 0,
+                epoch: 0,
             }),
             signal: Signal::default(),
             stop: AtomicBool::new(false),
@@ -231,6 +251,7 @@ impl VectorIndex {
                     let points = graph.point_count();
                     let mut st = self.write();
                     st.graph = Arc::new(graph);
+                    st.epoch += 1;
                     st.live = saved.live;
                     st.dead = saved.dead;
                     st.ready = true;
@@ -372,47 +393,49 @@ impl VectorIndex {
         Ok(top.into_sorted())
     }
 
-    /// The graph part of a search: live graph points plus the pending vectors.
+    /// The graph part of a search: live graph points plus the pending vectors, as of
+    /// one state of the bookkeeping.
+    ///
+    /// The graph is walked without the state lock (the writer's commit hook must not
+    /// wait for searches), so the state may change meanwhile: a rebuild's swap makes the
+    /// walked graph's point ids meaningless in the new `live` map, and a commit that
+    /// replaces or deletes a vector the search saw in `pending` (or whose old point it
+    /// found) would mix two states. Each such change bumps `epoch`; a search that sees
+    /// it moved starts again, and after [`OPTIMISTIC_SEARCHES`] such tries (writes keep
+    /// changing vectors) searches once holding the lock.
     fn search_graph(&self, unit: &[f32], k: usize, ef: usize, prefix: &str, top: &mut TopK) {
-        let (graph, pending, dead_fraction) = {
-            let st = self.read();
-            let pending: Vec<(Arc<str>, Arc<[f32]>)> = st
-                .pending
-                .iter()
-                .filter(|(key, _)| key.starts_with(prefix))
-                .map(|(key, v)| (Arc::clone(key), Arc::clone(v)))
-                .collect();
-            let points = st.graph.len().max(1);
-            (
-                Arc::clone(&st.graph),
-                pending,
-                st.dead as f64 / points as f64,
-            )
-        };
-        for (key, v) in &pending {
+        for _ in 0..OPTIMISTIC_SEARCHES {
+            let (graph, pending, dead_fraction, epoch) = {
+                let st = self.read();
+                let pending: Vec<(Arc<str>, Arc<[f32]>)> = st
+                    .pending
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(prefix))
+                    .map(|(key, v)| (Arc::clone(key), Arc::clone(v)))
+                    .collect();
+                (Arc::clone(&st.graph), pending, st.dead_fraction(), st.epoch)
+            };
+            let mut attempt = TopK::new(top.k, top.min);
+            for (key, v) in &pending {
+                attempt.offer(key, score(unit, v));
+            }
+            let done = walk_graph(&graph, unit, k, ef, prefix, dead_fraction, |found| {
+                let st = self.read();
+                (st.epoch == epoch).then(|| offer_live(&st, found, &mut attempt))
+            });
+            if done {
+                *top = attempt;
+                return;
+            }
+        }
+        let st = self.read();
+        for (key, v) in st.pending.iter().filter(|(key, _)| key.starts_with(prefix)) {
             top.offer(key, score(unit, v));
         }
-        // Ask for more than k when dead points may take places; widen until k live
-        // results are in or the graph has no more.
-        let mut want = k + (k as f64 * dead_fraction * 2.0).ceil() as usize;
-        loop {
-            let found = graph.search(unit, want, ef.max(want), prefix);
-            let exhausted = found.len() < want;
-            let mut live = 0;
-            {
-                let st = self.read();
-                for (id, key, dist) in &found {
-                    if st.live.get(key) == Some(id) {
-                        live += 1;
-                        top.offer(key, (1.0 - dist).max(0.0));
-                    }
-                }
-            }
-            if live >= k || exhausted || want >= graph.len() {
-                break;
-            }
-            want *= 2;
-        }
+        let (graph, dead_fraction) = (&st.graph, st.dead_fraction());
+        walk_graph(graph, unit, k, ef, prefix, dead_fraction, |found| {
+            Some(offer_live(&st, found, top))
+        });
     }
 
     /// The index thread: build, then insert pending vectors and rebuild when dead
@@ -481,6 +504,7 @@ impl VectorIndex {
             if !st.pending.is_empty() && st.graph.is_empty() {
                 let dim = st.pending.values().next().map_or(0, |v| v.len());
                 st.graph = Arc::new(Graph::new(self.config.graph, dim, 1024));
+                st.epoch += 1;
             }
             return;
         }
@@ -529,6 +553,7 @@ impl VectorIndex {
         }
         let points = graph.len();
         st.graph = Arc::new(graph);
+        st.epoch += 1;
         st.live = live;
         st.dead = dead;
         st.ready = true;
@@ -626,8 +651,11 @@ impl CommitHook for VectorIndex {
             let key: Arc<str> = c.key.into();
             if st.live.remove(&key).is_some() {
                 st.dead += 1;
+                st.epoch += 1;
             }
-            st.pending.remove(&key);
+            if st.pending.remove(&key).is_some() {
+                st.epoch += 1;
+            }
             if let Some(v) = c.vector {
                 st.pending.insert(Arc::clone(&key), normalized(v).into());
                 woke = true;
@@ -648,6 +676,46 @@ impl CommitHook for VectorIndex {
 /// `max(0, cosine similarity)` of two unit vectors.
 fn score(a: &[f32], b: &[f32]) -> f32 {
     dot(a, b).clamp(0.0, 1.0)
+}
+
+/// Searches `graph` for `k` results, asking for more than `k` when dead points may take
+/// places and widening until `offer` (which offers the live ones of what was found and
+/// counts them) has `k`, or the graph has no more. `false` if `offer` gave up (`None`).
+#[allow(clippy::too_many_arguments)]
+fn walk_graph(
+    graph: &Graph,
+    unit: &[f32],
+    k: usize,
+    ef: usize,
+    prefix: &str,
+    dead_fraction: f64,
+    mut offer: impl FnMut(&[(u32, Arc<str>, f32)]) -> Option<usize>,
+) -> bool {
+    let mut want = k + (k as f64 * dead_fraction * 2.0).ceil() as usize;
+    loop {
+        let found = graph.search(unit, want, ef.max(want), prefix);
+        let exhausted = found.len() < want;
+        let Some(live) = offer(&found) else {
+            return false;
+        };
+        if live >= k || exhausted || want >= graph.len() {
+            return true;
+        }
+        want *= 2;
+    }
+}
+
+/// Offers the points of `found` (walked in `st.graph`) that are their key's current
+/// vector; how many there were.
+fn offer_live(st: &State, found: &[(u32, Arc<str>, f32)], top: &mut TopK) -> usize {
+    let mut live = 0;
+    for (id, key, dist) in found {
+        if st.live.get(key) == Some(id) {
+            live += 1;
+            top.offer(key, (1.0 - dist).max(0.0));
+        }
+    }
+    live
 }
 
 /// The best `k` (key, score) pairs offered, at or above a minimum score, each key once.
@@ -725,6 +793,73 @@ impl TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{StoreOptions, WriteOp};
+    use distance::random_units;
+    use ringbase_protocol::message::ValueKind;
+
+    fn put_vec(key: &str, v: &[f32]) -> WriteOp {
+        WriteOp::Put {
+            key: key.into(),
+            value: b"1".to_vec(),
+            kind: ValueKind::Json,
+            vector: Some(v.to_vec()),
+        }
+    }
+
+    /// A graph swapped in by a rebuild while a search walks the old one must not make
+    /// that search lose (or mis-score) current vectors: the old graph's point ids mean
+    /// nothing in the new graph's bookkeeping.
+    #[test]
+    fn searches_racing_rebuild_swaps_find_every_current_vector() {
+        let dir = std::env::temp_dir().join(format!(
+            "ringbase-vectors-swap-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let index = VectorIndex::new(VectorConfig::default());
+        let hook: Arc<dyn CommitHook> = index.clone();
+        let store = Store::open_with_hooks(&dir, StoreOptions::default(), vec![hook]).unwrap();
+        let (n, dim) = (300, 8);
+        let pts = random_units(n + 1, dim, 11);
+        let key = |i: usize| format!("p/{i:04}");
+        store
+            .write((0..n).map(|i| put_vec(&key(i), &pts[i])).collect())
+            .unwrap();
+        // As the index thread would: the first vectors make a graph, then go in.
+        index.insert_pending(n);
+        index.insert_pending(n);
+        assert!(index.read().pending.is_empty());
+        assert!(index.rebuild(&store).unwrap());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Each rebuild adds or removes a key that sorts first, so every other
+                // key's point id moves by one from one graph to the next.
+                for round in 0..16 {
+                    let op = if round % 2 == 0 {
+                        put_vec("a", &pts[n])
+                    } else {
+                        WriteOp::Delete { key: "a".into() }
+                    };
+                    store.write(vec![op]).unwrap();
+                    assert!(index.rebuild(&store).unwrap());
+                }
+                stop.store(true, Ordering::Release);
+            });
+            let mut reader = store.reader().unwrap();
+            let mut searches = 0;
+            while !stop.load(Ordering::Acquire) || searches < 100 {
+                let i = (searches * 7) % n;
+                let hits = index.search(&mut reader, &pts[i], 3, "", 0, 0.0).unwrap();
+                assert!(!hits.is_empty(), "search {searches} found nothing");
+                assert_eq!(hits[0].0, key(i), "search {searches}: {i} finds itself");
+                assert!(hits[0].1 > 0.9999, "{i} scored {}", hits[0].1);
+                searches += 1;
+            }
+        });
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn top_k_keeps_the_best_once_each_at_or_above_the_minimum() {
