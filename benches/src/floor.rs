@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ringbase_protocol::futex;
+use ringbase_protocol::trace::{self, Point};
 
 /// Bytes mapped: one page (the two words sit on different cache lines).
 const MAP_LEN: usize = 4096;
@@ -83,6 +84,7 @@ impl Words {
         let (req, resp) = (self.word(REQ), self.word(RESP));
         req.store(seq, Ordering::Release);
         futex::wake(req, 1);
+        trace::mark(Point::FloorWoke);
         let start = std::time::Instant::now();
         loop {
             let r = resp.load(Ordering::Acquire);
@@ -110,9 +112,14 @@ impl Words {
                 futex::wait(req, last, WAIT_SLICE);
                 continue;
             }
+            trace::mark(Point::FloorRequest);
             last = q;
             resp.store(q, Ordering::Release);
             futex::wake(resp, 1);
+            trace::mark(Point::FloorAnswered);
+            // The bench kills this process: write the marks out every so often (after
+            // answering, so the round trip does not wait for it).
+            trace::flush("floor", 4096);
         }
     }
 }

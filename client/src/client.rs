@@ -18,6 +18,7 @@ use ringbase_protocol::ring::{
     shares_cpu, Backoff, Consumer, FrameRef, Phase, Producer, FRAME_REQUEST, FRAME_RESPONSE,
 };
 use ringbase_protocol::segment::Segment;
+use ringbase_protocol::trace::{self, Point};
 use ringbase_protocol::PROTOCOL_VERSION;
 use rkyv::util::AlignedVec;
 
@@ -299,6 +300,7 @@ impl Client {
     /// Pipelining: sends a request without waiting and returns its correlation id. Call
     /// [`Client::recv`] once per request sent; responses come in request order.
     pub fn send(&mut self, req: &Request) -> Result<u64> {
+        trace::mark(Point::ClientSend);
         self.release_held();
         if self.dead {
             return Err(Error::Disconnected);
@@ -313,6 +315,7 @@ impl Client {
                 max: self.max_payload,
             });
         }
+        trace::mark(Point::ClientEncoded);
         let corr = self.next_corr;
         loop {
             let ok = self
@@ -324,10 +327,12 @@ impl Client {
             }
             self.wait_for_space(len)?;
         }
+        trace::mark(Point::ClientWritten);
         // Where the session looks before spinning for the next request (ring docs,
         // "Sharing a CPU").
         self.req.announce_cpu();
         self.woke_server |= self.req.flush();
+        trace::mark(Point::ClientPublished);
         self.next_corr += 1;
         self.in_flight.push_back(corr);
         Ok(corr)
@@ -527,6 +532,7 @@ impl Client {
         loop {
             match self.resp.peek() {
                 Ok(Some(f)) => {
+                    trace::mark(Point::ClientResponse);
                     if f.kind != FRAME_RESPONSE {
                         return Err(self.violation(format!("unexpected frame kind {}", f.kind)));
                     }
@@ -544,7 +550,9 @@ impl Client {
             let resp = &self.resp;
             if w.step_sharing(|| shares_cpu(resp.producer_cpu())) == Phase::Sleep {
                 slept = true;
+                trace::mark(Point::ClientSleeps);
                 let _ = self.resp.sleep(LIVENESS_SLICE);
+                trace::mark(Point::ClientWoke);
                 if !self.resp.has_data().unwrap_or(true) {
                     self.check_server(started)?;
                 }

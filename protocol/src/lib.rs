@@ -27,6 +27,7 @@ pub mod paths;
 pub mod ring;
 #[cfg(unix)]
 pub mod segment;
+pub mod trace;
 // rkyv's derive generates resolver enums without docs; every item written here is documented.
 #[allow(missing_docs)]
 pub mod sync;

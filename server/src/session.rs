@@ -30,6 +30,7 @@ use ringbase_protocol::ring::{
     FRAME_REQUEST, FRAME_RESPONSE,
 };
 use ringbase_protocol::segment::Segment;
+use ringbase_protocol::trace::{self, Point};
 use rkyv::util::AlignedVec;
 
 use crate::engine::{ClientState, Engine, Reply, TransportInfo};
@@ -37,6 +38,9 @@ use crate::engine::{ClientState, Engine, Reply, TransportInfo};
 /// Longest a session thread sleeps before re-checking its stop flags (a backstop: the
 /// watcher and shutdown wake it at once).
 const SLEEP_SLICE: Duration = Duration::from_millis(500);
+/// With the `trace` feature: marks a session keeps before it writes them out (when it
+/// goes to sleep).
+const TRACE_FLUSH_MARKS: usize = 20_000;
 /// Requests served between two publications of the rings.
 const BURST: usize = 256;
 /// How long a session with writes in flight spins for a completion or a new request
@@ -191,7 +195,9 @@ pub(crate) fn run(args: SessionArgs<'_>) {
                 stop,
                 shutdown,
             };
-            s.serve()
+            let end = s.serve();
+            trace::flush("session", 1);
+            end
         }
         Err(msg) => {
             eprintln!("ringbase: session {id}: cannot open engine state: {msg}");
@@ -267,6 +273,7 @@ impl SessionLoop<'_> {
                 self.check()?;
                 let Some(f) = self.req.peek()? else { break };
                 if served == 0 {
+                    trace::mark(Point::ServerRequest);
                     // Where the client looks while it waits for the answers (ring docs,
                     // "Sharing a CPU").
                     self.resp.announce_cpu();
@@ -288,6 +295,7 @@ impl SessionLoop<'_> {
                 let inbuf = std::mem::take(&mut self.inbuf);
                 let reply = match access_request(&inbuf) {
                     Ok(req) => {
+                        trace::mark(Point::ServerValidated);
                         if self.client.needs_barrier(req) {
                             self.drain_writes()?;
                         }
@@ -298,7 +306,9 @@ impl SessionLoop<'_> {
                 self.inbuf = inbuf;
                 let reply = reply
                     .unwrap_or_else(|msg| Reply::Now(Response::error(ErrorCode::BadRequest, msg)));
+                trace::mark(Point::ServerHandled);
                 self.reply(f.corr, reply)?;
+                trace::mark(Point::ServerWritten);
                 if self.queue.len() >= MAX_QUEUED || self.client.over_write_budget(self.engine) {
                     self.drain_writes()?;
                 }
@@ -308,7 +318,13 @@ impl SessionLoop<'_> {
             // Hand the request space back and publish what we wrote.
             self.req.flush();
             self.collect(false)?;
+            if served > 0 {
+                trace::mark(Point::ServerAnswered);
+            }
             self.polite |= self.resp.flush();
+            if served > 0 {
+                trace::mark(Point::ServerPublished);
+            }
             self.pump_events()?;
             if served > 0 {
                 continue;
@@ -459,7 +475,11 @@ impl SessionLoop<'_> {
                 slept = true;
                 // Not blocked here (handled above): the watch's news is a wake-up reason.
                 let client = &self.client;
+                // Written while idle, never between a request and its answer.
+                trace::flush("session", TRACE_FLUSH_MARKS);
+                trace::mark(Point::ServerSleeps);
                 self.req.sleep_or(SLEEP_SLICE, || client.events_ready())?;
+                trace::mark(Point::ServerWoke);
             }
         }
     }

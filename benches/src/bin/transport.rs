@@ -64,6 +64,7 @@ use ringbase_benches::harness::{
 };
 use ringbase_benches::stats::{clock_read_ns, rate, us, Summary};
 use ringbase_client::{Client, ConnectOptions, Request, Response, ValueKind, WaitMode};
+use ringbase_protocol::trace::{self, Point};
 
 /// Result type of the bench.
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -786,6 +787,7 @@ fn idle_rows(
         .put(GET_KEY, &t.payload.clone(), ValueKind::Bytes)?;
     let mut seq = 0u32;
     let mut floor_call = |_: Msg| -> Result<()> {
+        trace::mark(Point::BenchFloor);
         seq = seq.wrapping_add(1).max(1);
         Ok(words.round_trip(seq, IO_TIMEOUT)?)
     };
@@ -806,7 +808,14 @@ fn idle_rows(
                 keep,
                 &mut samples[0],
             )?;
-            let mut shm = |m| t.round_trip(m);
+            let mut shm = |m| {
+                trace::mark(if m == Msg::Get {
+                    Point::BenchGet
+                } else {
+                    Point::BenchPing
+                });
+                t.round_trip(m)
+            };
             sample_into(
                 &mut shm,
                 Msg::Ping,
@@ -843,6 +852,7 @@ fn idle_rows(
         eprintln!("  done: {} (and its futex floor)", idle.shm);
     }
     wd.disarm();
+    trace::flush("bench", 1);
     Ok(rows)
 }
 
@@ -858,9 +868,11 @@ fn sample_into(
 ) -> Result<()> {
     for _ in 0..calls {
         std::thread::sleep(gap);
+        trace::mark(Point::BenchCall);
         let t0 = Instant::now();
         call(msg)?;
         let ns = t0.elapsed().as_nanos() as u64;
+        trace::mark(Point::BenchDone);
         if keep {
             out.push(ns);
         }
