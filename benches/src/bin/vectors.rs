@@ -19,10 +19,11 @@
 //!   `python3`); skipped with a note if `import hnswlib` fails.
 //!
 //! The searches run in rounds (`--rounds`, default 5): each round searches every system
-//! at every ef, one system after another, so that all three meet the same moments of a
-//! noisy machine; queries/s and recall are the medians over the rounds, p50 is over all
-//! the rounds' searches, and the client-vs-in-process goal is the median of the rounds'
-//! own ratios.
+//! at every ef, so that all three meet the same moments of a noisy machine (within a
+//! round and ef, the client and in-process searches take turns in runs of 50 queries,
+//! then hnswlib searches them all); queries/s and recall are the medians over the
+//! rounds, p50 is over all the rounds' searches, and the client-vs-in-process goal is
+//! the median of the rounds' own ratios.
 //!
 //! Build time, and memory (server RSS growth from before the load to after indexing;
 //! this process's RSS growth for the in-process graph; hnswlib's peak RSS growth).
@@ -83,6 +84,10 @@ const EFS: [usize; 5] = [16, 32, 64, 128, 256];
 /// here: the same search can take twice as long one minute as the next); each figure
 /// is the median over the rounds, each ratio the median of the rounds' ratios.
 const ROUNDS: usize = 5;
+/// Within a round, the searches through the client and in process take turns in runs
+/// of this many queries (the machine's speed drifts within seconds, so two systems
+/// searched one after the other can meet different machines).
+const TURN: usize = 50;
 /// Mixture components.
 const CENTRES: usize = 1000;
 /// Pipelining window of the load.
@@ -347,27 +352,38 @@ struct Block {
     samples: Vec<u64>,
 }
 
-/// Every query searched once with `search`, each timed; recall against `gt`.
-fn block(
+/// One search: a query's ids, nearest first.
+type Search<'a> = dyn FnMut(&[f32]) -> Result<Vec<u32>> + 'a;
+
+/// Every query searched once by each of two systems, which take turns in runs of
+/// [`TURN`] queries (the first to go alternates), each search timed; recall against
+/// `gt`. Queries/s is over each system's own time.
+fn paired_blocks(
     queries: &[f32],
     dim: usize,
     gt: &[Vec<u32>],
-    search: &mut dyn FnMut(&[f32]) -> Result<Vec<u32>>,
-) -> Result<Block> {
-    let mut samples = Vec::with_capacity(gt.len());
-    let mut found = Vec::with_capacity(gt.len());
-    let t = Instant::now();
-    for q in queries.chunks_exact(dim) {
-        let t = Instant::now();
-        found.push(search(q)?);
-        samples.push(t.elapsed().as_nanos() as u64);
+    searches: [&mut Search<'_>; 2],
+) -> Result<[Block; 2]> {
+    let mut samples: [Vec<u64>; 2] = Default::default();
+    let mut found: [Vec<Vec<u32>>; 2] = Default::default();
+    let mut secs = [0.0f64; 2];
+    let qs: Vec<&[f32]> = queries.chunks_exact(dim).collect();
+    for (i, turn) in qs.chunks(TURN).enumerate() {
+        for s in [i % 2, 1 - i % 2] {
+            let t = Instant::now();
+            for q in turn {
+                let tq = Instant::now();
+                found[s].push(searches[s](q)?);
+                samples[s].push(tq.elapsed().as_nanos() as u64);
+            }
+            secs[s] += t.elapsed().as_secs_f64();
+        }
     }
-    let secs = t.elapsed().as_secs_f64();
-    Ok(Block {
-        recall: recall(&found, gt),
-        qps: found.len() as f64 / secs,
-        samples,
-    })
+    Ok([0, 1].map(|s| Block {
+        recall: recall(&found[s], gt),
+        qps: found[s].len() as f64 / secs[s],
+        samples: std::mem::take(&mut samples[s]),
+    }))
 }
 
 /// The median of `v` (the mean of the middle two for an even count; NaN if empty).
@@ -690,20 +706,29 @@ fn run(cfg: &Config) -> Result<()> {
             }
             for &ef in &EFS {
                 let opts = VectorSearch::k(K as u32).ef(ef as u32);
-                blocks[0][round].push(block(&queries, dim, &gt, &mut |q| {
-                    client
-                        .vector_search_with(q, &opts)?
-                        .iter()
-                        .map(|h| id_of(&h.key).map_err(Into::into))
-                        .collect()
-                })?);
-                blocks[1][round].push(block(&queries, dim, &gt, &mut |q| {
-                    Ok(graph
-                        .search(q, K, ef, "")
-                        .into_iter()
-                        .map(|(id, _, _)| id)
-                        .collect())
-                })?);
+                let [shm, local] = paired_blocks(
+                    &queries,
+                    dim,
+                    &gt,
+                    [
+                        &mut |q| {
+                            client
+                                .vector_search_with(q, &opts)?
+                                .iter()
+                                .map(|h| id_of(&h.key).map_err(Into::into))
+                                .collect()
+                        },
+                        &mut |q| {
+                            Ok(graph
+                                .search(q, K, ef, "")
+                                .into_iter()
+                                .map(|(id, _, _)| id)
+                                .collect())
+                        },
+                    ],
+                )?;
+                blocks[0][round].push(shm);
+                blocks[1][round].push(local);
                 let searched = py.as_mut().ok().map(|h| h.search(ef));
                 match searched {
                     Some(Ok(b)) => blocks[2][round].push(b),
