@@ -7,7 +7,8 @@
 //! buffer of its own (no locks, no syscalls: the clock is read through the vDSO) and
 //! [`flush`] writes the buffer to a new file in that directory, one `point ns` line per
 //! mark. Clients, sessions and the transport bench's futex floor mark their steps;
-//! `benches/python/idle_trace.py` pairs them up by time.
+//! `benches/python/idle_trace.py` pairs them up by time (and
+//! `benches/python/vector_trace.py` splits the vectors bench's searches the same way).
 //!
 //! ```text
 //! cargo build --release -p ringbase-server -p ringbase-benches --features ringbase-protocol/trace
@@ -49,6 +50,11 @@ pub enum Point {
     ServerHandled = 17,
     /// Session: the response frame is written.
     ServerWritten = 18,
+    /// A vector index graph walk starts (in the server's session, or in the vectors
+    /// bench's in-process search).
+    GraphSearch = 20,
+    /// That graph walk is done.
+    GraphSearched = 21,
     /// Bench: a measured call starts (followed by the message kind's point).
     BenchCall = 40,
     /// Bench: the call was a Ping.

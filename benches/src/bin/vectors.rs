@@ -56,6 +56,7 @@ use ringbase_benches::harness::{
 };
 use ringbase_benches::stats::{us, Summary};
 use ringbase_client::{Client, ConnectOptions, Request, Response, ValueKind, VectorSearch};
+use ringbase_protocol::trace::{self, Point as Mark};
 use ringbase_server::vectors::{normalized, Graph, VectorConfig};
 use serde_json::{json, Value};
 
@@ -179,7 +180,11 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Ok(Some(cfg)) => exit_code("vectors", run(&cfg)),
+        Ok(Some(cfg)) => {
+            let result = run(&cfg);
+            trace::flush("bench", 1);
+            exit_code("vectors", result)
+        }
         Err(msg) => usage_error("vectors", &msg, USAGE),
     }
 }
@@ -712,18 +717,18 @@ fn run(cfg: &Config) -> Result<()> {
                     &gt,
                     [
                         &mut |q| {
-                            client
-                                .vector_search_with(q, &opts)?
-                                .iter()
+                            trace::mark(Mark::BenchCall);
+                            let hits = client.vector_search_with(q, &opts)?;
+                            trace::mark(Mark::BenchDone);
+                            hits.iter()
                                 .map(|h| id_of(&h.key).map_err(Into::into))
                                 .collect()
                         },
                         &mut |q| {
-                            Ok(graph
-                                .search(q, K, ef, "")
-                                .into_iter()
-                                .map(|(id, _, _)| id)
-                                .collect())
+                            trace::mark(Mark::GraphSearch);
+                            let r = graph.search(q, K, ef, "");
+                            trace::mark(Mark::GraphSearched);
+                            Ok(r.into_iter().map(|(id, _, _)| id).collect())
                         },
                     ],
                 )?;

@@ -66,6 +66,7 @@ pub use distance::{dot, normalized};
 pub use graph::{Graph, GraphParams};
 
 use ringbase_protocol::message::VectorStatus;
+use ringbase_protocol::trace::{self, Point};
 
 use crate::store::{Commit, CommitHook, Reader, Store, StoreError};
 
@@ -693,7 +694,9 @@ fn walk_graph(
 ) -> bool {
     let mut want = k + (k as f64 * dead_fraction * 2.0).ceil() as usize;
     loop {
+        trace::mark(Point::GraphSearch);
         let found = graph.search(unit, want, ef.max(want), prefix);
+        trace::mark(Point::GraphSearched);
         let exhausted = found.len() < want;
         let Some(live) = offer(&found) else {
             return false;
