@@ -13,6 +13,7 @@
 //! made again when the tail passes [`TAIL_MAX`] (by the inserter, after an insert) or
 //! when the inserter is idle ([`Graph::settle`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,12 +62,16 @@ pub struct Graph {
     dim: usize,
 }
 
-/// The key and the unit vector of each point, by id.
+/// The key, the unit vector and the liveness of each point, by id.
 #[derive(Debug, Default)]
 struct Points {
     keys: Vec<Arc<str>>,
     /// Point `id`'s vector at `id * dim`.
     vectors: Vec<f32>,
+    /// Whether point `id` is its key's current vector: a copy of the index's `live`
+    /// map (`super`), which sets it under its state lock, so that a search checks a
+    /// result with one load instead of a hash lookup. A new point starts dead.
+    alive: Vec<AtomicBool>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -94,6 +99,7 @@ impl Graph {
             points: RwLock::new(Points {
                 keys: Vec::with_capacity(capacity),
                 vectors: Vec::with_capacity(capacity.saturating_mul(dim)),
+                alive: Vec::with_capacity(capacity),
             }),
             links: RwLock::new(Arc::new(Links::default())),
             last_copy: RwLock::new((Instant::now(), Duration::ZERO)),
@@ -154,6 +160,7 @@ impl Graph {
             points: RwLock::new(Points {
                 keys: Vec::new(),
                 vectors,
+                alive: (0..n).map(|_| AtomicBool::new(false)).collect(),
             }),
             links: RwLock::new(Arc::new(links)),
             last_copy: RwLock::new((Instant::now(), Duration::ZERO)),
@@ -179,6 +186,26 @@ impl Graph {
     /// keys are set.
     pub fn point_count(&self) -> usize {
         self.hnsw.get_nb_point()
+    }
+
+    /// Marks point `id` live (its key's current vector) or dead. For the index, under
+    /// its state lock; an id past the end is ignored.
+    pub fn set_live(&self, id: u32, live: bool) {
+        if let Some(a) = self.points().alive.get(id as usize) {
+            a.store(live, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls `f` with a test of each point's liveness (see [`Graph::set_live`]), all
+    /// under one read of the points.
+    pub fn with_liveness<R>(&self, f: impl FnOnce(&dyn Fn(u32) -> bool) -> R) -> R {
+        let points = self.points();
+        f(&|id| {
+            points
+                .alive
+                .get(id as usize)
+                .is_some_and(|a| a.load(Ordering::Relaxed))
+        })
     }
 
     /// Points in the graph (live or not).
@@ -208,6 +235,7 @@ impl Graph {
             let mut points = self.points.write().unwrap_or_else(|p| p.into_inner());
             points.keys.push(key);
             points.vectors.extend_from_slice(unit);
+            points.alive.push(AtomicBool::new(false));
             points.keys.len() - 1
         };
         self.hnsw.insert_slice((unit, id));

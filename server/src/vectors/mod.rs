@@ -9,7 +9,9 @@
 //! index's bookkeeping at once (a map and a few hash operations, never a graph insert):
 //!
 //! - the key's old point, if any, is no longer live (`live` maps a key to the id of its
-//!   current point; a point whose key maps elsewhere is dead, and searches skip it);
+//!   current point; a point whose key maps elsewhere is dead, and searches skip it; the
+//!   graph keeps a liveness mark per point, set and cleared with `live` under the state
+//!   lock, which is what searches read);
 //! - a new vector goes to `pending`, which searches scan exactly.
 //!
 //! The index thread moves pending vectors into the graph, one at a time, and makes
@@ -251,6 +253,9 @@ impl VectorIndex {
                 Ok(Some((graph, saved))) => {
                     let points = graph.point_count();
                     let mut st = self.write();
+                    for &id in saved.live.values() {
+                        graph.set_live(id, true);
+                    }
                     st.graph = Arc::new(graph);
                     st.epoch += 1;
                     st.live = saved.live;
@@ -521,6 +526,7 @@ impl VectorIndex {
             let current = st.pending.get(&key).is_some_and(|p| Arc::ptr_eq(p, &v));
             if current {
                 st.pending.remove(&key);
+                st.graph.set_live(id, true);
                 st.live.insert(key, id);
             } else {
                 // Replaced or removed while it was being inserted.
@@ -551,6 +557,9 @@ impl VectorIndex {
             if live.remove(key).is_some() {
                 dead += 1;
             }
+        }
+        for &id in live.values() {
+            graph.set_live(id, true);
         }
         let points = graph.len();
         st.graph = Arc::new(graph);
@@ -650,7 +659,8 @@ impl CommitHook for VectorIndex {
         let mut woke = false;
         for c in commit.changes() {
             let key: Arc<str> = c.key.into();
-            if st.live.remove(&key).is_some() {
+            if let Some(id) = st.live.remove(&key) {
+                st.graph.set_live(id, false);
                 st.dead += 1;
                 st.epoch += 1;
             }
@@ -709,16 +719,19 @@ fn walk_graph(
 }
 
 /// Offers the points of `found` (walked in `st.graph`) that are their key's current
-/// vector; how many there were.
+/// vector (the graph's copy of `live`: one load per point, no hashing); how many there
+/// were.
 fn offer_live(st: &State, found: &[(u32, Arc<str>, f32)], top: &mut TopK) -> usize {
-    let mut live = 0;
-    for (id, key, dist) in found {
-        if st.live.get(key) == Some(id) {
-            live += 1;
-            top.offer(key, (1.0 - dist).max(0.0));
+    st.graph.with_liveness(|is_live| {
+        let mut live = 0;
+        for (id, key, dist) in found {
+            if is_live(*id) {
+                live += 1;
+                top.offer(key, (1.0 - dist).max(0.0));
+            }
         }
-    }
-    live
+        live
+    })
 }
 
 /// The best `k` (key, score) pairs offered, at or above a minimum score, each key once.
@@ -860,6 +873,35 @@ mod tests {
                 searches += 1;
             }
         });
+        // Replaced and deleted vectors: their old points die at the commit, the new ones
+        // live once inserted.
+        store
+            .write(vec![
+                put_vec(&key(1), &pts[n]),
+                WriteOp::Delete { key: key(2) },
+            ])
+            .unwrap();
+        index.insert_pending(n);
+        let mut reader = store.reader().unwrap();
+        let hits = index.search(&mut reader, &pts[n], 3, "", 0, 0.0).unwrap();
+        assert_eq!(hits[0].0, key(1));
+        let hits = index.search(&mut reader, &pts[2], 3, "", 0, 0.0).unwrap();
+        assert!(hits.iter().all(|h| h.0 != key(2)), "{hits:?}");
+        let hits = index.search(&mut reader, &pts[1], 3, "", 0, 0.0).unwrap();
+        assert!(
+            hits.iter().all(|h| h.0 != key(1) || h.1 < 0.9999),
+            "{hits:?}"
+        );
+        // The graph's liveness marks are exactly the live map.
+        let st = index.read();
+        let marked = st
+            .graph
+            .with_liveness(|is_live| (0..st.graph.len() as u32).filter(|&id| is_live(id)).count());
+        assert_eq!(marked, st.live.len());
+        assert!(st
+            .graph
+            .with_liveness(|is_live| st.live.values().all(|&id| is_live(id))));
+        drop(st);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
