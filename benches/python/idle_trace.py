@@ -15,6 +15,8 @@ import glob
 import os
 import sys
 
+from trace_marks import load, pct
+
 # Point numbers (protocol/src/trace.rs).
 CLIENT_SEND, CLIENT_ENCODED, CLIENT_WRITTEN, CLIENT_PUBLISHED, CLIENT_RESPONSE = 0, 1, 2, 3, 4
 SERVER_WOKE, SERVER_REQUEST, SERVER_ANSWERED, SERVER_PUBLISHED = 10, 11, 12, 13
@@ -22,23 +24,6 @@ SERVER_VALIDATED, SERVER_HANDLED, SERVER_WRITTEN = 15, 17, 18
 BENCH_CALL, BENCH_PING, BENCH_GET, BENCH_FLOOR, BENCH_DONE = 40, 41, 42, 43, 50
 FLOOR_WOKE, FLOOR_REQUEST, FLOOR_ANSWERED = 60, 61, 62
 KINDS = {BENCH_PING: "ping", BENCH_GET: "get 100 B", BENCH_FLOOR: "futex floor"}
-
-
-def load(paths):
-    marks = []
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 2:
-                    marks.append((int(parts[1]), int(parts[0])))
-    marks.sort()
-    return marks
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))]
 
 
 # Steps: (name, from point, to point); "start"/"end" are the bench's call bounds.

@@ -19,22 +19,12 @@ import glob
 import os
 import sys
 
+from trace_marks import load, pct
+
 SERVER_VALIDATED, SERVER_HANDLED = 15, 17
 GRAPH_SEARCH, GRAPH_SEARCHED = 20, 21
 BENCH_CALL, BENCH_DONE = 40, 50
 EFS = [16, 32, 64, 128, 256]
-
-
-def load(paths):
-    marks = []
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 2:
-                    marks.append((int(parts[1]), int(parts[0])))
-    marks.sort()
-    return marks
 
 
 def spans(marks, start, end):
@@ -47,11 +37,6 @@ def spans(marks, start, end):
             out.append((at, t - at))
             at = None
     return out
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
 
 
 def inside(outer, t, d):
