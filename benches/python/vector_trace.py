@@ -39,9 +39,10 @@ def spans(marks, start, end):
     return out
 
 
-def inside(outer, t, d):
-    """The span of `outer` (sorted by start) that holds t..t+d, if any."""
-    i = bisect.bisect_right([s for s, _ in outer], t) - 1
+def inside(outer, starts, t, d):
+    """The span of `outer` (sorted by start; `starts` its start times) that holds
+    t..t+d, if any."""
+    i = bisect.bisect_right(starts, t) - 1
     if i >= 0 and outer[i][0] <= t and t + d <= outer[i][0] + outer[i][1]:
         return outer[i]
     return None
@@ -67,12 +68,14 @@ def main():
             print(f"round {r + 1} ef {ef:3}: graph walk p50 in process {lo:7.1f} µs, "
                   f"in the session {re:7.1f} µs ({re / lo:.3f}x)")
     around, outside = [], []
+    handled_starts = [t for t, _ in handled]
+    call_starts = [t for t, _ in calls]
     for t, x in remote:
-        h = inside(handled, t, x)
+        h = inside(handled, handled_starts, t, x)
         if h is None:
             continue
         around.append((h[1] - x) / 1e3)
-        c = inside(calls, h[0], h[1])
+        c = inside(calls, call_starts, h[0], h[1])
         if c is not None:
             outside.append((c[1] - h[1]) / 1e3)
     print(f"session handling minus its graph walk: p50 {pct(around, .5):.2f} "
