@@ -24,6 +24,17 @@ use rkyv::util::AlignedVec;
 
 use crate::error::{Error, Result};
 
+/// The least an adaptive wait for an answer spins before it sleeps.
+const MIN_SPIN: Duration = Duration::from_micros(20);
+
+/// The most an adaptive wait for an answer spins before it sleeps. The caller's thread
+/// waits for the answer anyway; a sleep costs the answer ~30 µs more (the server's wake
+/// syscall, then the scheduler) and the server's session ~12 µs of its own time. So
+/// answers that keep taking up to a millisecond (vector searches at a high ef) are spun
+/// through, while a run of slower ones (durable writes waiting for a disk) brings the
+/// spin back down to [`MIN_SPIN`] (see [`Backoff`]).
+const MAX_SPIN: Duration = Duration::from_millis(1);
+
 /// How long one futex sleep lasts before the client checks that the server still lives.
 const LIVENESS_SLICE: Duration = Duration::from_millis(20);
 
@@ -211,9 +222,7 @@ impl Client {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         sock.inner().set_read_timeout(None)?;
         let backoff = match opts.wait {
-            WaitMode::Adaptive => {
-                Backoff::new(Duration::from_micros(20), Duration::from_micros(250))
-            }
+            WaitMode::Adaptive => Backoff::new(MIN_SPIN, MAX_SPIN),
             WaitMode::BusyPoll => Backoff::busy(),
         };
         let ring_err = |e: ringbase_protocol::ring::RingError| {

@@ -789,12 +789,15 @@ pub fn shares_cpu(peer: u32) -> bool {
 ///
 /// On a 2-core machine a waiter that spins without bound starves everyone as soon as
 /// there are more spinners than cores, and a sidecar that spins while idle wastes
-/// battery. So a waiter spins (with `spin_loop` hints) for at most `spin` — a budget
-/// that grows when data tends to arrive while spinning, grows to cover a wait that
-/// ended in a sleep but was not longer than `max` (waking a sleeper costs tens of
-/// microseconds: a wait of 150 µs should be spun through, not slept through), and
-/// shrinks after longer waits — then yields the CPU a few times, then sleeps on the
-/// futex.
+/// battery. So a waiter spins (with `spin_loop` hints) for at most `spin`, then yields
+/// the CPU a few times, then sleeps on the futex. The budget learns from the waits:
+/// it grows to a quarter more than any wait up to `max` (one that ended while spinning,
+/// or that slept: waking a sleeper costs tens of microseconds on both sides, so a wait
+/// of 150 µs should be spun through, not slept through), and shrinks by a quarter after
+/// each wait longer than `max` (an idle peer, a slow answer), down to `min`. Shrinking
+/// by a quarter rather than half keeps one slow answer among quick ones from making the
+/// next few quick ones sleep; a run of long waits still brings the budget down to `min`
+/// within a dozen waits.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     spin: Duration,
@@ -861,13 +864,12 @@ impl Backoff {
         if self.is_busy() {
             return;
         }
-        self.spin = if !slept {
-            (self.spin * 2).min(self.max)
-        } else if waited <= self.max {
-            // A spin a quarter longer than this wait would have caught it.
-            (waited + waited / 4).clamp(self.min, self.max)
+        // A spin a quarter longer than this wait would have caught it.
+        let enough = waited + waited / 4;
+        self.spin = if slept && waited > self.max {
+            (self.spin - self.spin / 4).max(self.min)
         } else {
-            (self.spin / 2).max(self.min)
+            self.spin.max(enough).clamp(self.min, self.max)
         };
     }
 }
@@ -969,24 +971,28 @@ mod tests {
         let us = Duration::from_micros;
         let mut b = Backoff::new(us(20), us(250));
         assert_eq!(b.start().spin, us(20));
-        // Answers that come while spinning: the budget doubles, up to the maximum.
+        // Answers that come quickly while spinning: nothing to learn.
         b.finish(false, us(5));
-        assert_eq!(b.spin, us(40));
-        for _ in 0..10 {
-            b.finish(false, us(5));
-        }
-        assert_eq!(b.spin, us(250));
+        assert_eq!(b.spin, us(20));
+        // One that came late in the spin: a quarter more than it took.
+        b.finish(false, us(40));
+        assert_eq!(b.spin, us(50));
+        b.finish(false, us(5));
+        assert_eq!(b.spin, us(50));
         // A wait that slept but was shorter than the maximum: spin through the next
-        // one (a quarter longer).
-        let mut b = Backoff::new(us(20), us(250));
+        // one (a quarter longer), up to the maximum.
         b.finish(true, us(120));
         assert_eq!(b.spin, us(150));
         b.finish(true, us(240));
         assert_eq!(b.spin, us(250));
-        // Longer waits (an idle peer): the budget halves, down to the minimum.
+        // Longer waits (an idle peer, a slow answer): the budget shrinks by a quarter
+        // each, down to the minimum within a dozen.
         b.finish(true, Duration::from_millis(16));
-        assert_eq!(b.spin, us(125));
-        for _ in 0..10 {
+        assert_eq!(b.spin, Duration::from_nanos(187_500));
+        // One slow answer among quick ones: the next quick one is still spun through.
+        b.finish(false, us(150));
+        assert_eq!(b.spin, Duration::from_nanos(187_500));
+        for _ in 0..12 {
             b.finish(true, Duration::from_millis(16));
         }
         assert_eq!(b.spin, us(20));

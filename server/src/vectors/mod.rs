@@ -423,7 +423,7 @@ impl VectorIndex {
             };
             let mut attempt = TopK::new(top.k, top.min);
             for (key, v) in &pending {
-                attempt.offer(key, score(unit, v));
+                attempt.offer_shared(key, score(unit, v));
             }
             let done = walk_graph(&graph, unit, k, ef, prefix, dead_fraction, |found| {
                 let st = self.read();
@@ -436,7 +436,7 @@ impl VectorIndex {
         }
         let st = self.read();
         for (key, v) in st.pending.iter().filter(|(key, _)| key.starts_with(prefix)) {
-            top.offer(key, score(unit, v));
+            top.offer_shared(key, score(unit, v));
         }
         let (graph, dead_fraction) = (&st.graph, st.dead_fraction());
         walk_graph(graph, unit, k, ef, prefix, dead_fraction, |found| {
@@ -727,7 +727,7 @@ fn offer_live(st: &State, found: &[(u32, Arc<str>, f32)], top: &mut TopK) -> usi
         for (id, key, dist) in found {
             if is_live(*id) {
                 live += 1;
-                top.offer(key, (1.0 - dist).max(0.0));
+                top.offer_shared(key, (1.0 - dist).max(0.0));
             }
         }
         live
@@ -740,7 +740,9 @@ struct TopK {
     min: f32,
     /// Min-heap by score (the worst kept result on top).
     heap: BinaryHeap<std::cmp::Reverse<Scored>>,
-    keys: HashSet<Arc<str>>,
+    /// The kept keys, for a `k` above [`TopK::LINEAR_DEDUP`] (below it, looking through
+    /// the heap costs less than hashing).
+    keys: Option<HashSet<Arc<str>>>,
 }
 
 /// A key with its score, ordered by score, then key.
@@ -764,18 +766,36 @@ impl Ord for Scored {
 }
 
 impl TopK {
+    /// The largest `k` whose duplicate check looks through the kept keys.
+    const LINEAR_DEDUP: usize = 32;
+
     fn new(k: usize, min: f32) -> TopK {
         TopK {
             k,
             min,
             heap: BinaryHeap::with_capacity(k + 1),
-            keys: HashSet::new(),
+            keys: (k > Self::LINEAR_DEDUP).then(HashSet::new),
         }
     }
 
+    /// Offers a key read from storage (copied only if it is kept).
     fn offer(&mut self, key: &str, score: f32) {
-        if score < self.min || self.keys.contains(key) {
-            return;
+        if self.admits(key, score) {
+            self.keep(key.into(), score);
+        }
+    }
+
+    /// Offers a key the index holds (shared, never copied).
+    fn offer_shared(&mut self, key: &Arc<str>, score: f32) {
+        if self.admits(key, score) {
+            self.keep(Arc::clone(key), score);
+        }
+    }
+
+    /// Whether (`key`, `score`) belongs in the best `k`; if so, room is made for it.
+    fn admits(&mut self, key: &str, score: f32) -> bool {
+        if score < self.min || self.holds(key) {
+            return false;
         }
         if self.heap.len() == self.k {
             let worst = &self.heap.peek().expect("k > 0").0;
@@ -786,13 +806,27 @@ impl TopK {
                 std::cmp::Ordering::Equal => key >= &*worst.1,
             };
             if loses {
-                return;
+                return false;
             }
             let std::cmp::Reverse(Scored(_, gone)) = self.heap.pop().expect("k > 0");
-            self.keys.remove(&gone);
+            if let Some(keys) = &mut self.keys {
+                keys.remove(&gone);
+            }
         }
-        let key: Arc<str> = key.into();
-        self.keys.insert(Arc::clone(&key));
+        true
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        match &self.keys {
+            Some(keys) => keys.contains(key),
+            None => self.heap.iter().any(|r| *r.0 .1 == *key),
+        }
+    }
+
+    fn keep(&mut self, key: Arc<str>, score: f32) {
+        if let Some(keys) = &mut self.keys {
+            keys.insert(Arc::clone(&key));
+        }
         self.heap.push(std::cmp::Reverse(Scored(score, key)));
     }
 
@@ -908,20 +942,33 @@ mod tests {
 
     #[test]
     fn top_k_keeps_the_best_once_each_at_or_above_the_minimum() {
-        let mut t = TopK::new(3, 0.2);
-        for (k, s) in [
-            ("a", 0.5),
-            ("b", 0.9),
-            ("c", 0.1),
-            ("d", 0.7),
-            ("b", 0.95),
-            ("e", 0.6),
-        ] {
-            t.offer(k, s);
+        // Both ways of finding a key offered twice: through the heap (small k) and
+        // through a set (large k); keys from storage and keys the index shares.
+        for k in [3, TopK::LINEAR_DEDUP + 1] {
+            let mut t = TopK::new(k, 0.2);
+            for (i, (key, s)) in [
+                ("a", 0.5),
+                ("b", 0.9),
+                ("c", 0.1),
+                ("d", 0.7),
+                ("b", 0.95),
+                ("e", 0.6),
+                ("d", 0.8),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if i % 2 == 0 {
+                    t.offer(key, s);
+                } else {
+                    t.offer_shared(&Arc::from(key), s);
+                }
+            }
+            let got = t.into_sorted();
+            let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, ["b", "d", "e", "a"][..k.min(4)], "k = {k}");
+            assert_eq!(got[0].1, 0.9, "a key offered twice keeps its first score");
+            assert_eq!(got[1].1, 0.7, "a key offered twice keeps its first score");
         }
-        let got = t.into_sorted();
-        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["b", "d", "e"]);
-        assert_eq!(got[0].1, 0.9, "a key offered twice keeps its first score");
     }
 }
