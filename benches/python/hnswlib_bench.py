@@ -3,11 +3,13 @@
     python3 hnswlib_bench.py DIR DIM M EF_CONSTRUCTION K
 
 Builds the index (one thread), prints one JSON line {version, build_s,
-peak_rss_growth_mib}, then reads one ef per line on stdin and answers each with one
-JSON line {ef, recall, qps}: the held-out queries searched at that ef, single-threaded,
-in one batch call (no Python overhead per query in the timing). Ends at end of input.
-Run by `benches/src/bin/vectors.rs`, which takes turns between this index, the server
-and the in-process graph, so that all three meet the same moments of the machine.
+peak_rss_growth_mib}, then reads lines "EF START END" on stdin and answers each with
+one JSON line {secs, hits}: the held-out queries START..END searched at that ef,
+single-threaded, in one batch call (no Python overhead per query in the timing), and
+how many of their exact top-K came back. Ends at end of input. Run by
+`benches/src/bin/vectors.rs`, which takes turns between this index, the server and the
+in-process graph in runs of 50 queries, so that all three meet the same moments of the
+machine.
 
 DIR holds base.f32 and queries.f32 (little-endian float32, row-major, DIM columns) and
 gt.u32 (the exact top-K ids of each query, uint32).
@@ -48,15 +50,13 @@ def main():
     for line in sys.stdin:
         if not line.strip():
             continue
-        ef = int(line)
+        ef, start, end = (int(x) for x in line.split())
         index.set_ef(max(ef, k))
         t = time.perf_counter()
-        labels, _ = index.knn_query(queries, k=k, num_threads=1)
+        labels, _ = index.knn_query(queries[start:end], k=k, num_threads=1)
         secs = time.perf_counter() - t
-        hits = sum(len(set(labels[i]) & set(gt[i])) for i in range(len(queries)))
-        answer = {"ef": ef, "recall": hits / (k * len(queries)), "qps": len(queries) / secs}
-        print(json.dumps(answer), flush=True)
-
+        hits = sum(len(set(labels[i]) & set(gt[start + i])) for i in range(end - start))
+        print(json.dumps({"secs": secs, "hits": hits}), flush=True)
 
 if __name__ == "__main__":
     main()
