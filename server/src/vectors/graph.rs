@@ -24,6 +24,7 @@ use hnsw_rs::hnswio::HnswIo;
 
 use super::distance::UnitCosine;
 use super::links::Links;
+use super::pages;
 
 /// Layers of the graph (hnsw_rs's maximum; it needs at least one).
 const MAX_LAYERS: usize = 16;
@@ -88,6 +89,8 @@ impl Graph {
     /// points (it grows past that).
     pub fn new(params: GraphParams, dim: usize, capacity: usize) -> Graph {
         let m = params.m.clamp(2, 256);
+        let vectors = Vec::with_capacity(capacity.saturating_mul(dim));
+        pages::advise_huge(&vectors);
         Graph {
             hnsw: Hnsw::new(
                 m,
@@ -98,7 +101,7 @@ impl Graph {
             ),
             points: RwLock::new(Points {
                 keys: Vec::with_capacity(capacity),
-                vectors: Vec::with_capacity(capacity.saturating_mul(dim)),
+                vectors,
                 alive: Vec::with_capacity(capacity),
             }),
             links: RwLock::new(Arc::new(Links::default())),
@@ -136,6 +139,7 @@ impl Graph {
         // The vectors, by id, from the loaded points.
         let n = hnsw.get_nb_point();
         let mut vectors = vec![0f32; n * dim];
+        pages::advise_huge(&vectors);
         let mut seen = 0;
         let index = hnsw.get_point_indexation();
         for layer in 0..=index.get_max_level_observed() {
@@ -234,7 +238,11 @@ impl Graph {
         let id = {
             let mut points = self.points.write().unwrap_or_else(|p| p.into_inner());
             points.keys.push(key);
+            let capacity = points.vectors.capacity();
             points.vectors.extend_from_slice(unit);
+            if points.vectors.capacity() != capacity {
+                pages::advise_huge(&points.vectors);
+            }
             points.alive.push(AtomicBool::new(false));
             points.keys.len() - 1
         };

@@ -21,6 +21,7 @@ use std::collections::{BinaryHeap, HashMap};
 use hnsw_rs::hnsw::{Hnsw, Neighbour};
 
 use super::distance::{dot, prefetch, UnitCosine};
+use super::pages;
 
 /// How many vectors ahead of the distance being computed a search starts loading them
 /// (a point's vector is far from the last one's in memory, so each is a cache miss
@@ -181,6 +182,7 @@ impl Links {
     fn set_layer0(&mut self, rows: &[Vec<u32>], max_row: usize) {
         self.stride = max_row + 1;
         self.layer0 = vec![0; self.n * self.stride];
+        pages::advise_huge(&self.layer0);
         for (id, row) in rows.iter().enumerate().take(self.n) {
             let at = id * self.stride;
             self.layer0[at] = row.len() as u32;

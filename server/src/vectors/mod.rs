@@ -55,6 +55,7 @@
 mod distance;
 mod graph;
 mod links;
+mod pages;
 mod persist;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
